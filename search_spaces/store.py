@@ -1,0 +1,214 @@
+"""The one Optuna store shared by the API, the workers and the dashboard.
+
+Everything a worker needs lives in it: the validated spec, the owner and the lifecycle of a
+study are the study's user attributes (keys below); trials are Optuna trials. The API creates
+a study *with all its trials already queued* (``WAITING``), so the trial count a team asked for
+is fixed at submission: workers only ever claim queued trials (``ClaimOnlyStorage``), never
+create new ones, and a trial retried after its worker died is queued by Optuna's
+``RetryHeartbeatStaleTrialCallback`` as a copy of the failed one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import defaultdict
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import optuna
+import sqlalchemy as sa
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+DEFAULT_URL = "sqlite:///tailtune.db"
+
+ATTR_SPEC = "tailtune.spec"
+ATTR_OWNER = "tailtune.owner"
+ATTR_TEAM = "tailtune.team"
+ATTR_CANCELLED = "tailtune.cancelled"
+ATTR_CREATED = "tailtune.created"
+
+# Trial user attributes written by workers.
+ATTR_FAIL_REASON = "fail_reason"
+ATTR_WORKER = "worker"
+
+HEARTBEAT_INTERVAL_S = 10
+GRACE_PERIOD_S = 30
+MAX_RETRY = 3
+
+
+class StudyState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+class StoreUnavailable(RuntimeError):
+    """The storage URL points at nothing usable; the message says what to do."""
+
+
+class NoQueuedTrial(RuntimeError):
+    """A worker tried to start a trial of a study whose queued trials are all taken."""
+
+
+class ClaimOnlyStorage(RDBStorage):
+    """A worker's storage: it claims queued trials and never creates fresh ones.
+
+    ``Study.optimize`` asks for a trial by popping a ``WAITING`` one (an atomic
+    WAITING -> RUNNING update) and, when none is left, by creating a new trial; here that second
+    path raises ``NoQueuedTrial`` instead, so racing workers cannot run more trials than a
+    study asked for. Copies made from a template (retries, enqueued trials) are allowed.
+    """
+
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        if template_trial is None:
+            raise NoQueuedTrial(f"study {study_id} has no queued trial left")
+        return super().create_new_trial(study_id, template_trial)
+
+
+def _prepare_sqlite(url: str) -> None:
+    """WAL mode persists in the file; set it once so readers never block the writer."""
+    path = sa.engine.make_url(url).database
+    if path and path != ":memory:":
+        with sqlite3.connect(path, timeout=30) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+
+
+def make_storage(
+    url: str,
+    *,
+    worker: bool = False,
+    heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
+    grace_period: int = GRACE_PERIOD_S,
+    create: bool = True,
+) -> RDBStorage:
+    """Open the store at ``url``.
+
+    ``worker=True`` gives a ``ClaimOnlyStorage`` with heartbeats and the retry callback.
+    ``create=False`` refuses a database that has no tailtune store yet instead of writing
+    tables into it: a worker pointed at the wrong URL must write nothing.
+    """
+    is_sqlite = url.startswith("sqlite")
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if is_sqlite:
+        engine_kwargs["connect_args"] = {"timeout": 60}
+    else:
+        engine_kwargs["connect_args"] = {"connect_timeout": 10}
+    try:
+        if not create:
+            _require_existing_store(url, engine_kwargs)
+        if is_sqlite:
+            _prepare_sqlite(url)
+        cls = ClaimOnlyStorage if worker else RDBStorage
+        kwargs: dict[str, Any] = {}
+        if worker:
+            kwargs = dict(
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+            )
+        return cls(url, engine_kwargs=engine_kwargs, skip_table_creation=not create, **kwargs)
+    except StoreUnavailable:
+        raise
+    except (sa.exc.SQLAlchemyError, sqlite3.Error) as exc:
+        raise StoreUnavailable(f"cannot open the store at {_redact(url)}: {exc.__class__.__name__}: "
+                               f"{str(exc).splitlines()[0]}") from exc
+    except RuntimeError as exc:  # Optuna's schema-version check
+        raise StoreUnavailable(f"the store at {_redact(url)} has an incompatible schema: {exc}. "
+                               "Run the tailtune version that matches it, or upgrade the store "
+                               "with `optuna storage upgrade`.") from exc
+
+
+def _redact(url: str) -> str:
+    return sa.engine.make_url(url).render_as_string(hide_password=True)
+
+
+def _require_existing_store(url: str, engine_kwargs: dict[str, Any]) -> None:
+    if url.startswith("sqlite"):
+        path = sa.engine.make_url(url).database
+        import os
+
+        if not path or not os.path.exists(path):
+            raise StoreUnavailable(f"no tailtune store at {_redact(url)}: start `tailtune serve` "
+                                   "(or `tailtune up`) with this URL first, or pass the right --storage")
+    engine = sa.create_engine(url, **engine_kwargs)
+    try:
+        with engine.connect() as conn:
+            tables = set(sa.inspect(conn).get_table_names())
+    finally:
+        engine.dispose()
+    if not {"studies", "trials", "version_info"} <= tables:
+        raise StoreUnavailable(f"no tailtune store at {_redact(url)}: start `tailtune serve` with this "
+                               "URL first, or pass the right --storage")
+
+
+@dataclass(frozen=True)
+class TrialCounts:
+    waiting: int = 0
+    running: int = 0
+    complete: int = 0
+    pruned: int = 0
+    fail: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.waiting + self.running + self.complete + self.pruned + self.fail
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned + self.fail
+
+
+_STATE_FIELD = {
+    TrialState.WAITING.name: "waiting",
+    TrialState.RUNNING.name: "running",
+    TrialState.COMPLETE.name: "complete",
+    TrialState.PRUNED.name: "pruned",
+    TrialState.FAIL.name: "fail",
+}
+
+
+def trial_counts(storage: RDBStorage, study_ids: list[int] | None = None) -> dict[int, TrialCounts]:
+    """Trials per state for each study, in one ``GROUP BY`` query on Optuna's ``trials`` table.
+
+    Optuna's own ``get_n_trials`` loads every trial; this stays cheap at thousands of trials.
+    """
+    query = "SELECT study_id, state, COUNT(*) FROM trials"
+    params: dict[str, Any] = {}
+    if study_ids is not None:
+        if not study_ids:
+            return {}
+        query += " WHERE study_id IN :ids"
+        params["ids"] = list(study_ids)
+    query += " GROUP BY study_id, state"
+    stmt = sa.text(query)
+    if study_ids is not None:
+        stmt = stmt.bindparams(sa.bindparam("ids", expanding=True))
+    counts: dict[int, dict[str, int]] = defaultdict(dict)
+    with storage.engine.connect() as conn:
+        for study_id, state, n in conn.execute(stmt, params):
+            name = state.name if hasattr(state, "name") else str(state)
+            counts[study_id][_STATE_FIELD[name]] = n
+    return {sid: TrialCounts(**c) for sid, c in counts.items()}
+
+
+def study_state(user_attrs: dict[str, Any], counts: TrialCounts) -> StudyState:
+    """Derived, never stored: nothing can disagree with the trials themselves."""
+    if user_attrs.get(ATTR_CANCELLED):
+        return StudyState.CANCELLED
+    if counts.waiting == 0 and counts.running == 0 and counts.total > 0:
+        return StudyState.COMPLETED if counts.complete + counts.pruned > 0 else StudyState.FAILED
+    if counts.running or counts.finished:
+        return StudyState.RUNNING
+    return StudyState.QUEUED
+
+
+def is_tailtune_study(user_attrs: dict[str, Any]) -> bool:
+    return ATTR_SPEC in user_attrs
+
+
+def load_study(storage: RDBStorage, name: str, **kwargs: Any) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=storage, **kwargs)
