@@ -190,7 +190,7 @@ class StudySpec(_Strict):
     model: ModelSpec
     training: TrainingSpec = TrainingSpec()
     objective: ObjectiveSpec = ObjectiveSpec()
-    search_space: SearchSpace | str
+    search_space: SearchSpace = Field(description="a preset name or an inline search space")
     sampler: SamplerSpec = SamplerSpec()
     pruner: PrunerSpec = PrunerSpec()
     budget: BudgetSpec = BudgetSpec()
@@ -221,7 +221,6 @@ class StudySpec(_Strict):
             raise ValueError(f"model {self.model.name!r} needs images; {self.dataset.name!r} has none")
         if self.sampler.name == "grid":
             space = self.search_space
-            assert isinstance(space, SearchSpace)
             dists = [d for params in space.loss.values() for d in params.values()]
             dists += [space.lr, space.weight_decay]
             if any(isinstance(d, Distribution) and d.choices is None for d in dists):
@@ -235,7 +234,6 @@ class StudySpec(_Strict):
 
     @property
     def space(self) -> SearchSpace:
-        assert isinstance(self.search_space, SearchSpace)
         return self.search_space
 
     def n_baselines(self) -> int:

@@ -1,0 +1,44 @@
+"""Dependencies shared by the routes: the store, the settings, the caller."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from optuna.storages import RDBStorage
+
+from service.auth import LOCAL, principal_for, token_from_header
+from service.errors import ApiError
+from service.settings import Settings
+from service.studies import Principal, StudyView, get_study
+
+
+def get_storage(request: Request) -> RDBStorage:
+    return request.app.state.storage
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def current_user(request: Request) -> Principal:
+    settings: Settings = request.app.state.settings
+    if settings.auth == "none":
+        return LOCAL
+    token = token_from_header(request.headers.get("authorization"))
+    who = principal_for(request.app.state.storage.engine, token) if token else None
+    if who is None:
+        raise ApiError(401, "a valid API token is required (Authorization: Bearer <token>)")
+    return who
+
+
+StorageDep = Annotated[RDBStorage, Depends(get_storage)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+CurrentUser = Annotated[Principal, Depends(current_user)]
+
+
+def study_of(study_id: int, storage: StorageDep, who: CurrentUser) -> StudyView:
+    return get_study(storage, study_id, who)
+
+
+StudyDep = Annotated[StudyView, Depends(study_of)]
