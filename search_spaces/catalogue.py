@@ -188,7 +188,7 @@ class DatasetEntry:
 DATASETS: dict[str, DatasetEntry] = {
     e.name: e
     for e in [
-        DatasetEntry("synthetic-lt", "generated Gaussian clusters, any size", None, None),
+        DatasetEntry("synthetic-lt", "generated Gaussian clusters in 32 dimensions", (32,), None),
         DatasetEntry("digits-lt", "scikit-learn's bundled 8x8 digits, made long-tailed", (1, 8, 8), 10),
         DatasetEntry("fashion-mnist-lt", "Fashion-MNIST made long-tailed", (1, 28, 28), 10),
         DatasetEntry("cifar10-lt", "CIFAR-10 (torchvision files in a data dir)", (3, 32, 32), 10),
