@@ -118,8 +118,9 @@ class Worker:
         return studies
 
     def _pick_study(self) -> optuna.study.FrozenStudy | None:
-        """The active study with queued trials and the fewest running ones (fair across
-        studies), oldest first; also fails stale trials so their retries get queued."""
+        """The active study with queued trials, fewest running first, then fewest started (so
+        studies progress evenly), then oldest; also fails stale trials so their retries get
+        queued."""
         studies = self._active_studies()
         counts = trial_counts(self.storage, [s._study_id for s in studies])
         for s in studies:
@@ -130,7 +131,11 @@ class Worker:
         ready = [s for s in studies if counts.get(s._study_id) and counts[s._study_id].waiting]
         if not ready:
             return None
-        return min(ready, key=lambda s: (counts[s._study_id].running, s._study_id))
+        def share(s: optuna.study.FrozenStudy) -> tuple[int, int, int]:
+            c = counts[s._study_id]
+            return (c.running, c.running + c.finished, s._study_id)
+
+        return min(ready, key=share)
 
     def _anything_running(self) -> bool:
         counts = trial_counts(self.storage, [s._study_id for s in self._active_studies()])

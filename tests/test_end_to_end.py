@@ -1,0 +1,95 @@
+"""Submit over HTTP, two worker processes on PostgreSQL, results over REST and the dashboard."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+
+import httpx
+import pytest
+
+from tests.conftest import running_api, tailtune, tiny_spec, wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+
+THREE_LOSSES = {"loss": {"ce": {}, "focal": {"gamma": {"low": 0.0, "high": 3.0}},
+                         "weighted_ce": {"power": {"low": 0.0, "high": 1.0}}}}
+
+
+def study_when(api: str, sid: int, *states: str, timeout_s: float = 240) -> dict:
+    def check() -> dict | None:
+        s = httpx.get(f"{api}/api/v1/studies/{sid}", timeout=10).json()
+        return s if s["state"] in states else None
+
+    return wait_until(check, timeout_s, f"study {sid} to reach {states}", interval_s=0.5)
+
+
+def test_two_workers_complete_a_study_each_trial_once(pg_url, tmp_path) -> None:
+    with running_api(pg_url, tmp_path) as api:
+        spec = tiny_spec(name="e2e", n_trials=6, epochs=3, search_space=THREE_LOSSES, baselines=True)
+        r = httpx.post(f"{api}/api/v1/studies", json=spec, timeout=30)
+        assert r.status_code == 201, r.text
+        sid = r.json()["id"]
+        workers = [tailtune("worker", "--storage", pg_url, "--device", "cpu", "--exit-when-idle",
+                            "--poll-interval", "0.2", "--artifacts-dir", str(tmp_path / "artifacts"),
+                            log=tmp_path / f"worker{i}.log") for i in range(2)]
+        try:
+            done = study_when(api, sid, "completed", "failed")
+            for w in workers:
+                assert w.wait(timeout=120) == 0
+        finally:
+            for w in workers:
+                w.kill()
+        assert done["state"] == "completed"
+        assert done["trials"] == {"waiting": 0, "running": 0, "complete": 6, "pruned": 0, "fail": 0}
+
+        items = httpx.get(f"{api}/api/v1/studies/{sid}/trials", timeout=10).json()["items"]
+        assert sorted(t["number"] for t in items) == list(range(6))
+        assert {t["loss"] for t in items} == {"ce", "focal", "weighted_ce"}
+        assert all(t["metrics"]["val_balanced_accuracy"] is not None for t in items)
+        runs = Counter(t["worker"] for t in items)
+        assert sum(runs.values()) == 6 and all(w for w in runs)  # each trial ran on one worker
+        logs = "".join((tmp_path / f"worker{i}.log").read_text() for i in range(2))
+        started = Counter(line.split("trial ")[1].split(" ")[0] for line in logs.splitlines()
+                          if "tailtune.worker INFO trial " in line and " of 'e2e'" in line)
+        assert sorted(started) == [str(n) for n in range(6)] and set(started.values()) == {1}
+
+        dash = httpx.get(f"{api}/api/studies/{sid}", timeout=10).json()
+        assert len(dash["trials"]) == 6
+        assert {t["state"] for t in dash["trials"]} == {"Complete"}
+        best = httpx.get(f"{api}/api/v1/studies/{sid}/best", timeout=10).json()
+        assert best["value"] == max(t["value"] for t in items)
+
+
+def test_a_killed_workers_trial_is_failed_retried_and_the_study_completes(pg_url, tmp_path) -> None:
+    """SIGKILL mid-trial: after the grace period another worker fails the trial, Optuna queues
+    a copy, and the study still ends with every asked trial done once."""
+    fast = ["--heartbeat-interval", "1", "--grace-period", "3", "--poll-interval", "0.2",
+            "--artifacts-dir", str(tmp_path / "artifacts")]
+    with running_api(pg_url, tmp_path) as api:
+        spec = tiny_spec(name="kill", n_trials=3, epochs=40)
+        spec["dataset"]["n_max"] = 400
+        sid = httpx.post(f"{api}/api/v1/studies", json=spec, timeout=30).json()["id"]
+        victim = tailtune("worker", "--storage", pg_url, "--device", "cpu", *fast,
+                          log=tmp_path / "victim.log")
+        try:
+            wait_until(lambda: httpx.get(f"{api}/api/v1/studies/{sid}/trials",
+                                         params={"state": "running"}, timeout=10).json()["total"],
+                       120, "the victim to start a trial")
+            os.kill(victim.pid, signal.SIGKILL)
+            victim.wait(timeout=30)
+            survivor = tailtune("worker", "--storage", pg_url, "--device", "cpu", "--exit-when-idle",
+                                *fast, log=tmp_path / "survivor.log")
+            done = study_when(api, sid, "completed", "failed", timeout_s=300)
+            assert survivor.wait(timeout=120) == 0
+        finally:
+            victim.kill()
+        assert done["state"] == "completed"
+        assert done["trials"] == {"waiting": 0, "running": 0, "complete": 3, "pruned": 0, "fail": 1}
+        items = httpx.get(f"{api}/api/v1/studies/{sid}/trials", timeout=10).json()["items"]
+        (failed,) = [t for t in items if t["state"] == "fail"]
+        assert "heartbeat" in failed["fail_reason"] and "retried as trial 3" in failed["fail_reason"]
+        retry = next(t for t in items if t["number"] == 3)
+        assert retry["retry_of"] == failed["number"] and retry["params"] == failed["params"]
+        assert retry["state"] == "complete"
