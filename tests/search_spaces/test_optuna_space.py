@@ -5,8 +5,15 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from search_spaces import LOSSES, baseline_params, first_prunable_epoch, make_pruner, make_sampler
-from search_spaces import parse_spec, suggest
+from search_spaces import (
+    LOSSES,
+    baseline_params,
+    first_prunable_epoch,
+    make_pruner,
+    make_sampler,
+    parse_spec,
+    suggest,
+)
 from search_spaces.optuna_space import TrialParams
 from tests.conftest import tiny_spec
 
