@@ -196,3 +196,17 @@ def test_oversized_body_is_413_and_writes_nothing(client, storage_url) -> None:
                     headers={"content-type": "application/json"})
     assert r.status_code == 413
     assert row_counts(storage_url) == before
+
+
+def test_workers_seen_and_store_metrics(client, storage_url) -> None:
+    sid = client.post("/api/v1/studies", json=tiny_spec(n_trials=2)).json()["id"]
+    assert client.get("/api/v1/workers").json() == []
+    study = optuna.load_study(study_name="tiny", storage=make_storage(storage_url))
+    trial = study.ask()
+    trial.set_user_attr("worker", "host:42")
+    (seen,) = client.get("/api/v1/workers").json()
+    assert seen["worker"] == "host:42" and seen["study"] == sid and seen["trial"] == trial.number
+    text = client.get("/metrics").text
+    assert 'tailtune_trials{state="running"} 1.0' in text
+    assert 'tailtune_trials{state="waiting"} 1.0' in text
+    assert 'tailtune_studies{state="running"} 1.0' in text
