@@ -63,10 +63,12 @@ class ClaimOnlyStorage(RDBStorage):
     study asked for. Copies made from a template (retries, enqueued trials) are allowed.
     """
 
-    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+        # Optuna's _CachedStorage calls this private method directly, not create_new_trial,
+        # so this is the one place every new trial passes through (a test pins it).
         if template_trial is None:
             raise NoQueuedTrial(f"study {study_id} has no queued trial left")
-        return super().create_new_trial(study_id, template_trial)
+        return super()._create_new_trial(study_id, template_trial)
 
 
 def _prepare_sqlite(url: str) -> None:
