@@ -1,0 +1,61 @@
+"""The `tailtune` command line as a user runs it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import REPO, running_api, tiny_spec
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_help_lists_every_command() -> None:
+    out = run_cli("--help").stdout
+    for command in ("serve", "worker", "submit", "up", "token", "bench", "reproduce"):
+        assert command in out
+
+
+@pytest.mark.slow
+def test_submit_yaml_then_a_worker_runs_it(sqlite_url, tmp_path) -> None:
+    spec_file = tmp_path / "study.yaml"
+    spec_file.write_text(yaml.safe_dump(tiny_spec(n_trials=2)))
+    with running_api(sqlite_url, tmp_path) as api:
+        r = run_cli("submit", str(spec_file), "--api", api)
+        assert r.returncode == 0, r.stderr
+        assert "study 1 (tiny) queued: 2 trials" in r.stdout and "/dashboard/studies/1" in r.stdout
+        w = run_cli("worker", "--storage", sqlite_url, "--device", "cpu", "--exit-when-idle",
+                    "--poll-interval", "0.1", "--artifacts-dir", str(tmp_path / "artifacts"))
+        assert w.returncode == 0, w.stderr
+        assert httpx.get(f"{api}/api/v1/studies/1").json()["state"] == "completed"
+        again = run_cli("submit", str(spec_file), "--api", api)
+        assert again.returncode == 1 and "409" in again.stderr
+
+
+def test_submit_refuses_an_invalid_file_before_sending_it(tmp_path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**tiny_spec(), "model": {"name": "vit"}}))
+    r = run_cli("submit", str(bad), "--api", "http://127.0.0.1:1")
+    assert r.returncode == 2 and "model.name" in r.stderr and "unknown model 'vit'" in r.stderr
+
+
+def test_a_worker_on_a_missing_store_says_so_and_writes_nothing(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'nothing.db'}"
+    r = run_cli("worker", "--storage", url, "--device", "cpu")
+    assert r.returncode == 2 and "no tailtune store" in r.stderr
+    assert not (tmp_path / "nothing.db").exists()
+
+
+def test_token_command_prints_a_usable_token(sqlite_url, make_client) -> None:
+    r = run_cli("token", "--storage", sqlite_url, "--user", "ann", "--team", "vision")
+    token = r.stdout.strip()
+    assert r.returncode == 0 and token.startswith("tt_")
+    client = make_client(sqlite_url, auth="token")
+    assert client.get("/api/v1/studies", headers={"Authorization": f"Bearer {token}"}).status_code == 200
