@@ -176,13 +176,18 @@ def cmd_up(args: argparse.Namespace) -> int:
             [sys.executable, "-m", "service.cli", "worker", "--device", args.device], env=env))
         example = resources.files("search_spaces") / "examples" / "digits-lt.yaml"
         sub = argparse.Namespace(file=str(example), api=api, token=None, wait=False)
-        cmd_submit(sub)
-        print(f"\ntailtune is up: API {api}/docs, dashboard {api}/dashboard. Ctrl-C stops it.",
-              flush=True)
         with _client(sub) as client:
-            studies = client.get("/api/v1/studies").json()
-            if studies:
-                _wait(client, studies[-1]["id"])
+            name = _load_body(str(example))["name"]
+            existing = [s for s in client.get("/api/v1/studies").json() if s["name"] == name]
+            if existing:
+                print(f"the example study {name!r} is already in the store (study "
+                      f"{existing[0]['id']})")
+            else:
+                cmd_submit(sub)
+            print(f"\ntailtune is up: API {api}/docs, dashboard {api}/dashboard. Ctrl-C stops it.",
+                  flush=True)
+            study = next(s for s in client.get("/api/v1/studies").json() if s["name"] == name)
+            _wait(client, study["id"])
         print(f"the example study has ended; the API and the worker stay up ({api}/dashboard). "
               "Ctrl-C stops them.", flush=True)
         serve.wait()
