@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from worker.losses.base import Counts, Device, ImbalanceLoss, check_choice
-from worker.losses.focal import sigmoid_focal_elementwise
+from worker.losses.focal import sigmoid_focal_sum
 from worker.losses.weights import class_balanced_weights
 
 
@@ -43,8 +43,5 @@ class ClassBalancedLoss(ImbalanceLoss):
         z, y = self._inputs(logits, targets)
         w_y = self.weight.to(z.dtype)[y]
         if self.base == "softmax":
-            per_sample = F.cross_entropy(z, y, reduction="none")
-        else:
-            onehot = F.one_hot(y, self.num_classes).to(z.dtype)
-            per_sample = sigmoid_focal_elementwise(z, onehot, self.gamma).sum(1)
-        return (w_y * per_sample).sum() / z.shape[0]
+            return (w_y * F.cross_entropy(z, y, reduction="none")).sum() / z.shape[0]
+        return sigmoid_focal_sum(z, y, self.gamma, row_weight=w_y, scale=1.0 / z.shape[0])
