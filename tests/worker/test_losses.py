@@ -354,6 +354,7 @@ def test_constructor_matches_catalogue(name: str) -> None:
 
 @pytest.mark.parametrize(("fraction", "total", "expected"), [
     (0.5, 200, 100), (0.8, 200, 160), (0.7, 10, 7), (0.3, 10, 3), (0.55, 10, 6),
+    (0.07, 100, 7), (0.55, 100, 55), (0.28, 100, 28),  # products a hair above an integer
     (0.0, 10, 0), (1.0, 10, 10), (0.5, 1, 1),
 ])
 def test_switch_epoch_rounding(fraction: float, total: int, expected: int) -> None:
