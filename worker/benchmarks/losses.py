@@ -1,7 +1,7 @@
 """Forward + backward time of every loss against plain cross-entropy, in one interleaved run.
 
     python -m worker.benchmarks.losses [--batch 4096] [--classes 100] [--repeat 30]
-                                       [--device cpu|cuda] [--out FILE.md]
+                                       [--device cpu|cuda] [--threads T] [--out FILE.md]
 
 Each loss is built with its catalogue defaults on a long-tailed class-count profile (ratio 100)
 and called at the last epoch, past every warm-up / re-weighting switch, so the real branch
@@ -122,8 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--out", help="also write the markdown table to this file")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     if args.batch < 1 or args.classes < 2 or args.repeat < 1:

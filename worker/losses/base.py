@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 Counts = Sequence[int] | Tensor
 Device = torch.device | str | None
@@ -42,6 +43,32 @@ def switch_epoch(fraction: float, total_epochs: int) -> int:
 def compute_dtype(x: Tensor) -> Tensor:
     """``x`` in float32, or left in float64 (half / bfloat16 / float16 are upcast)."""
     return x if x.dtype == torch.float64 else x.float()
+
+
+class _PrecomputedGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, value: Tensor, grad: Tensor) -> Tensor:
+        ctx.save_for_backward(grad)
+        return value.clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        (grad,) = ctx.saved_tensors
+        return grad * grad_out, None, None
+
+
+def with_gradient(x: Tensor, value: Tensor, grad: Tensor | None) -> Tensor:
+    """The scalar ``value``, a function of ``x`` whose gradient ``grad`` (shape of ``x``) was
+    computed by hand, as a differentiable output of ``x``.
+
+    For losses fused by hand: the autograd graph of their plain expression costs a dozen
+    N x C passes and allocations forward and backward, several times cross-entropy on the CPU.
+    ``gradcheck`` on the loss checks ``grad`` against finite differences.
+    """
+    if grad is None or not x.requires_grad:
+        return value
+    return _PrecomputedGradient.apply(x, value, grad)
 
 
 class ImbalanceLoss(nn.Module):

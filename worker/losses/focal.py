@@ -11,9 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from worker.losses.base import Counts, Device, ImbalanceLoss, check_choice
+from worker.losses.base import Counts, Device, ImbalanceLoss, check_choice, with_gradient
 from worker.losses.weights import inverse_frequency_weights
 
 
@@ -35,56 +34,23 @@ def _negative_focal_terms(z: Tensor, gamma: float) -> tuple[Tensor, Tensor]:
     A positive element with logit ``z`` is the negative one at ``-z`` (derivative negated).
     ``softplus(z) = relu(z) - log σ(|z|)``, with ``σ(|z|) = max(σ, 1 - σ)`` in [0.5, 1], so
     the log never sees 0 (finite for ±1e4) and is exact to float rounding; this costs one
-    sigmoid and one log, a third of ``F.softplus`` / ``logsigmoid`` on the CPU.
+    sigmoid and one log, a third of ``F.softplus`` / ``logsigmoid`` on the CPU. Three fresh
+    tensors, in-place passes after that (a new 1.6 MB tensor costs more than a pass).
     """
     sig = torch.sigmoid(z)
-    one_minus = 1.0 - sig
-    bce = torch.sub(z.clamp(min=0), torch.maximum(sig, one_minus).log_())
+    work = z.clamp(min=0)
+    bce = torch.sub(1.0, sig).clamp_(min=sig).log_().neg_().add_(work)  # softplus(z)
     if gamma == 0:
         return bce, sig
-    deriv = torch.addcmul(sig, one_minus, bce, value=gamma)
+    deriv = torch.sub(1.0, sig, out=work)
+    deriv = torch.addcmul(sig, deriv, bce, value=gamma, out=deriv)  # σ + γ (1 - σ) softplus
     if gamma == 1:
         mod = sig
     elif gamma == 2:
-        mod = sig * sig
+        mod = sig.mul_(sig)  # σ is not needed any more
     else:  # pow with a general exponent is several times slower than exp(γ log σ)
-        mod = sig.log().mul_(gamma).exp_()
+        mod = sig.log_().mul_(gamma).exp_()
     return bce.mul_(mod), deriv.mul_(mod)
-
-
-class _SigmoidFocalSum(torch.autograd.Function):
-    """``scale · Σ_i r_i Σ_c a_ic (1 - p_t,ic)^γ BCE(z_ic, t_ic)`` on one-hot targets, with
-    ``a = pos`` on the target class and ``neg`` elsewhere, ``r`` per-sample weights (or 1).
-
-    Fused by hand because the autograd graph of the plain expression makes a dozen N x C
-    passes forward and backward (6x cross-entropy on the CPU). The negative formula runs on
-    the whole matrix, the N target entries are then overwritten with the positive formula;
-    the gradient is computed in the forward pass and scaled in backward.
-    """
-
-    @staticmethod
-    def forward(ctx, z: Tensor, y: Tensor, gamma: float, pos: float, neg: float,
-                row_weight: Tensor | None, scale: float) -> Tensor:
-        y1 = y[:, None]
-        value, deriv = _negative_focal_terms(z, gamma)
-        value_t, deriv_t = _negative_focal_terms(-z.gather(1, y1).squeeze(1), gamma)
-        # Row sums of the negatives only (target entries zeroed), then the positives added on
-        # the N-vector: no N x C pass for the class weights, no cancellation.
-        rows = value.scatter_(1, y1, 0.0).sum(1).mul_(neg).add_(value_t, alpha=pos)
-        if row_weight is not None:
-            rows = rows * row_weight
-        if ctx.needs_input_grad[0]:
-            r = scale if row_weight is None else row_weight * scale
-            col = r * neg if row_weight is None else (r * neg)[:, None]
-            deriv.mul_(col).scatter_(1, y1, (deriv_t * (-pos * r))[:, None])
-            ctx.save_for_backward(deriv)
-        return rows.sum() * scale
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        (deriv,) = ctx.saved_tensors
-        return deriv * grad_out, None, None, None, None, None, None
 
 
 def sigmoid_focal_sum(z: Tensor, targets: Tensor, gamma: float, *, pos: float = 1.0,
@@ -94,10 +60,27 @@ def sigmoid_focal_sum(z: Tensor, targets: Tensor, gamma: float, *, pos: float = 
 
     ``z`` N x C logits (float32 or float64), ``targets`` N class indices, ``p_t = σ(z)`` on
     the target class and ``1 - σ(z)`` elsewhere, ``a = pos`` on the target class and ``neg``
-    on the others, ``row_weight`` an optional N vector. γ = 0 is per-class BCE.
+    on the others, ``row_weight`` ``r`` an optional N vector (1 when None). γ = 0 is
+    per-class BCE. Fused by hand (see ``with_gradient``): the negative formula runs on the
+    whole matrix, then the N target entries are overwritten with the positive one.
     """
-    return _SigmoidFocalSum.apply(z, targets, float(gamma), float(pos), float(neg), row_weight,
-                                  float(scale))
+    y1 = targets[:, None]
+    need_grad = torch.is_grad_enabled() and z.requires_grad
+    with torch.no_grad():
+        value, deriv = _negative_focal_terms(z, gamma)
+        value_t, deriv_t = _negative_focal_terms(-z.gather(1, y1).squeeze(1), gamma)
+        # Row sums of the negatives only (target entries zeroed), then the positives added on
+        # the N-vector: no N x C pass for the weights, no cancellation.
+        rows = value.scatter_(1, y1, 0.0).sum(1).mul_(neg).add_(value_t, alpha=pos)
+        if row_weight is not None:
+            rows = rows * row_weight
+        loss = rows.sum() * scale
+        grad = None
+        if need_grad:
+            r = scale if row_weight is None else row_weight * scale
+            deriv.mul_(r * neg if row_weight is None else (r * neg)[:, None])
+            grad = deriv.scatter_(1, y1, (deriv_t * (-pos * r))[:, None])
+    return with_gradient(z, loss, grad)
 
 
 class FocalLoss(ImbalanceLoss):

@@ -4,35 +4,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from worker.losses.base import Counts, Device, ImbalanceLoss
-
-
-class _GHMCSum(torch.autograd.Function):
-    """``Σ w · BCE(z, onehot(y)) / tot`` for fixed (detached) element weights ``w``; the
-    gradient ``w · (σ(z) - t) / tot`` is formed in the forward pass from the σ it already
-    has, so forward + backward makes a handful of N x C passes instead of BCE's dozen."""
-
-    @staticmethod
-    def forward(ctx, z: Tensor, y: Tensor, sig: Tensor, w: Tensor) -> Tensor:
-        y1 = y[:, None]
-        tot = float(z.numel())
-        # BCE against 0 is softplus(z) = relu(z) - log σ(|z|), σ(|z|) = max(σ, 1 - σ) in
-        # [0.5, 1]; at the target entries BCE against 1 is that minus z.
-        bce = torch.sub(z.clamp(min=0), torch.maximum(sig, 1.0 - sig).log_())
-        bce.scatter_add_(1, y1, -z.gather(1, y1))
-        loss = torch.dot(w.reshape(-1), bce.reshape(-1)) / tot
-        if ctx.needs_input_grad[0]:
-            grad = sig.clone().scatter_add_(1, y1, torch.full_like(y1, -1.0, dtype=sig.dtype))
-            ctx.save_for_backward(grad.mul_(w).div_(tot))
-        return loss
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        (grad,) = ctx.saved_tensors
-        return grad * grad_out, None, None, None
+from worker.losses.base import Counts, Device, ImbalanceLoss, with_gradient
 
 
 class GHMCLoss(ImbalanceLoss):
@@ -64,18 +37,18 @@ class GHMCLoss(ImbalanceLoss):
         self.register_buffer("acc_sum", torch.zeros(self.bins, device=device), persistent=False)
 
     @torch.no_grad()
-    def element_weights(self, sig: Tensor, targets: Tensor) -> Tensor:
-        """The GHM weight of every element (N x C) from ``σ(z)``; updates the momentum counts.
+    def _histogram_weights(self, sig: Tensor, y1: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-bin weights (M) and the bin of every element (N x C, int32) from ``σ(z)``;
+        updates the momentum counts.
 
         Bin of ``g``: ``min(floor(g · M), M - 1)``, the bins of the reference's edges ``i/M``
         (with ``g = 1`` in the last one). ``g = σ`` off the target and ``1 - σ`` on it, so the
         N x C pass runs on σ and only the N target entries are recomputed.
         """
-        y1 = targets[:, None]
         top = self.bins - 1
-        idx = sig.mul(self.bins).clamp_(max=top).long()  # truncation = floor, g >= 0
+        idx = sig.mul(self.bins).clamp_(max=top).int()  # truncation = floor, g >= 0
         g_t = 1.0 - sig.gather(1, y1)
-        idx.scatter_(1, y1, g_t.mul_(self.bins).clamp_(max=top).long())
+        idx.scatter_(1, y1, g_t.mul_(self.bins).clamp_(max=top).int())
         count = torch.bincount(idx.reshape(-1), minlength=self.bins).to(sig.dtype)
         nonempty = count > 0
         if self.momentum > 0:
@@ -85,10 +58,26 @@ class GHMCLoss(ImbalanceLoss):
             count = acc
         tot = float(sig.numel())
         bin_weight = torch.where(nonempty, tot / count.clamp(min=1e-12), 0.0) / nonempty.sum()
-        return bin_weight.take(idx)
+        return bin_weight, idx
 
     def forward(self, logits: Tensor, targets: Tensor, features: Tensor | None = None,
                 epoch: int = 0) -> Tensor:
         z, y = self._inputs(logits, targets)
-        sig = torch.sigmoid(z.detach())
-        return _GHMCSum.apply(z, y, sig, self.element_weights(sig, y))
+        y1 = y[:, None]
+        tot = float(z.numel())
+        need_grad = torch.is_grad_enabled() and z.requires_grad
+        with torch.no_grad():
+            sig = torch.sigmoid(z)
+            bin_weight, idx = self._histogram_weights(sig, y1)
+            # BCE against 0 is softplus(z) = relu(z) - log σ(|z|), σ(|z|) = max(σ, 1 - σ) in
+            # [0.5, 1]; at the target entries BCE against 1 is that minus z.
+            work = z.clamp(min=0)
+            bce = torch.sub(1.0, sig).clamp_(min=sig).log_().neg_().add_(work)
+            bce.scatter_add_(1, y1, -z.gather(1, y1))
+            w = torch.index_select(bin_weight, 0, idx.reshape(-1), out=work.reshape(-1))
+            loss = torch.dot(w, bce.reshape(-1)) / tot
+            grad = None
+            if need_grad:  # w · (σ - t) / tot, in σ's storage
+                grad = sig.scatter_add_(1, y1, torch.full_like(y1, -1, dtype=sig.dtype))
+                grad.mul_(w.view_as(sig)).mul_(1.0 / tot)
+        return with_gradient(z, loss, grad)
