@@ -27,30 +27,19 @@ def focal_term(log_p: Tensor, gamma: float) -> Tensor:
     return q.pow(gamma)
 
 
-def _negative_focal_terms(z: Tensor, gamma: float) -> tuple[Tensor, Tensor]:
-    """For a negative element (target 0) with logit ``z``: the value ``σ(z)^γ · softplus(z)``
-    (modulator times BCE) and its derivative ``σ^γ (σ + γ (1 - σ) softplus(z))``.
+def _softplus(z: Tensor) -> Tensor:
+    """``softplus(z) = relu(z) - log σ(|z|)``: the log never sees 0 (finite for ±1e4)."""
+    return z.clamp(min=0) - torch.sigmoid(z.abs()).log()
 
-    A positive element with logit ``z`` is the negative one at ``-z`` (derivative negated).
-    ``softplus(z) = relu(z) - log σ(|z|)``, with ``σ(|z|) = max(σ, 1 - σ)`` in [0.5, 1], so
-    the log never sees 0 (finite for ±1e4) and is exact to float rounding; this costs one
-    sigmoid and one log, a third of ``F.softplus`` / ``logsigmoid`` on the CPU. Three fresh
-    tensors, in-place passes after that (a new 1.6 MB tensor costs more than a pass).
-    """
-    sig = torch.sigmoid(z)
-    work = z.clamp(min=0)
-    bce = torch.sub(1.0, sig).clamp_(min=sig).log_().neg_().add_(work)  # softplus(z)
-    if gamma == 0:
-        return bce, sig
-    deriv = torch.sub(1.0, sig, out=work)
-    deriv = torch.addcmul(sig, deriv, bce, value=gamma, out=deriv)  # σ + γ (1 - σ) softplus
-    if gamma == 1:
-        mod = sig
-    elif gamma == 2:
-        mod = sig.mul_(sig)  # σ is not needed any more
-    else:  # pow with a general exponent is several times slower than exp(γ log σ)
-        mod = sig.log_().mul_(gamma).exp_()
-    return bce.mul_(mod), deriv.mul_(mod)
+
+def _focal_terms(u: Tensor, gamma: float) -> tuple[Tensor, Tensor]:
+    """For a few logits ``u`` of negative elements: ``σ(u)^γ softplus(u)`` and its derivative
+    ``σ^γ (σ + γ (1 - σ) softplus(u))``. A positive element is the negative one at ``-u``,
+    derivative negated."""
+    sig = torch.sigmoid(u)
+    sp = _softplus(u)
+    mod = sig.pow(gamma)
+    return sp * mod, mod * (sig + gamma * (1 - sig) * sp)
 
 
 def sigmoid_focal_sum(z: Tensor, targets: Tensor, gamma: float, *, pos: float = 1.0,
@@ -61,25 +50,45 @@ def sigmoid_focal_sum(z: Tensor, targets: Tensor, gamma: float, *, pos: float = 
     ``z`` N x C logits (float32 or float64), ``targets`` N class indices, ``p_t = σ(z)`` on
     the target class and ``1 - σ(z)`` elsewhere, ``a = pos`` on the target class and ``neg``
     on the others, ``row_weight`` ``r`` an optional N vector (1 when None). γ = 0 is
-    per-class BCE. Fused by hand (see ``with_gradient``): the negative formula runs on the
-    whole matrix, then the N target entries are overwritten with the positive one.
+    per-class BCE.
+
+    Fused by hand (see ``with_gradient``). Every element is first treated as a negative:
+    value ``σ^γ softplus(z)``, derivative ``σ^γ (σ + γ (1 - σ) softplus(z))``, over the whole
+    matrix with three fresh tensors and in-place passes (on the CPU a new N x C tensor costs
+    more than a pass over an existing one); the N target entries are then replaced by the
+    positive formula, the negative one at ``-z``. ``softplus(z)`` is
+    ``relu(z) - log max(σ, 1 - σ)``, the log's argument in [0.5, 1]: one sigmoid and one log,
+    finite for ±1e4, a third of the cost of ``F.softplus`` / ``logsigmoid``.
     """
     y1 = targets[:, None]
     need_grad = torch.is_grad_enabled() and z.requires_grad
     with torch.no_grad():
-        value, deriv = _negative_focal_terms(z, gamma)
-        value_t, deriv_t = _negative_focal_terms(-z.gather(1, y1).squeeze(1), gamma)
-        # Row sums of the negatives only (target entries zeroed), then the positives added on
-        # the N-vector: no N x C pass for the weights, no cancellation.
-        rows = value.scatter_(1, y1, 0.0).sum(1).mul_(neg).add_(value_t, alpha=pos)
-        if row_weight is not None:
-            rows = rows * row_weight
-        loss = rows.sum() * scale
+        neg_scale = neg * scale if row_weight is None else (row_weight * (neg * scale))[:, None]
+        sig = torch.sigmoid(z)
+        work = z.clamp(min=0)
+        bce = torch.sub(1.0, sig).clamp_(min=sig).log_()
+        bce = torch.sub(work, bce, out=bce)  # softplus(z)
+        if need_grad:
+            deriv = torch.sub(1.0, sig, out=work)
+            deriv = torch.addcmul(sig, deriv, bce, value=gamma, out=deriv)
+        # σ is not needed any more: its storage becomes neg_scale · σ^γ, the factor of every
+        # negative's value and derivative.
+        if gamma == 0:
+            mod = sig.fill_(1.0)
+        elif gamma == 1:
+            mod = sig
+        elif gamma == 2:
+            mod = sig.mul_(sig)
+        else:  # pow with a general exponent is several times slower than exp(γ log σ)
+            mod = sig.log_().mul_(gamma).exp_()
+        mod.mul_(neg_scale)
+        total = torch.dot(bce.scatter_(1, y1, 0.0).reshape(-1), mod.reshape(-1))
+        value_t, deriv_t = _focal_terms(-z.gather(1, y1).squeeze(1), gamma)
+        pos_scale = pos * scale if row_weight is None else row_weight * (pos * scale)
+        loss = total + (value_t * pos_scale).sum()
         grad = None
         if need_grad:
-            r = scale if row_weight is None else row_weight * scale
-            deriv.mul_(r * neg if row_weight is None else (r * neg)[:, None])
-            grad = deriv.scatter_(1, y1, (deriv_t * (-pos * r))[:, None])
+            grad = deriv.mul_(mod).scatter_(1, y1, (-deriv_t * pos_scale)[:, None])
     return with_gradient(z, loss, grad)
 
 

@@ -37,16 +37,17 @@ class GHMCLoss(ImbalanceLoss):
         self.register_buffer("acc_sum", torch.zeros(self.bins, device=device), persistent=False)
 
     @torch.no_grad()
-    def _histogram_weights(self, sig: Tensor, y1: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-bin weights (M) and the bin of every element (N x C, int32) from ``σ(z)``;
-        updates the momentum counts.
+    def _histogram_weights(self, sig: Tensor, y1: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-bin weights (M), the bin of every element (N x C, int32) and a free float
+        N x C buffer, from ``σ(z)``; updates the momentum counts.
 
         Bin of ``g``: ``min(floor(g · M), M - 1)``, the bins of the reference's edges ``i/M``
         (with ``g = 1`` in the last one). ``g = σ`` off the target and ``1 - σ`` on it, so the
         N x C pass runs on σ and only the N target entries are recomputed.
         """
         top = self.bins - 1
-        idx = sig.mul(self.bins).clamp_(max=top).int()  # truncation = floor, g >= 0
+        work = sig.mul(self.bins).clamp_(max=top)
+        idx = work.int()  # truncation = floor, g >= 0
         g_t = 1.0 - sig.gather(1, y1)
         idx.scatter_(1, y1, g_t.mul_(self.bins).clamp_(max=top).int())
         count = torch.bincount(idx.reshape(-1), minlength=self.bins).to(sig.dtype)
@@ -58,7 +59,7 @@ class GHMCLoss(ImbalanceLoss):
             count = acc
         tot = float(sig.numel())
         bin_weight = torch.where(nonempty, tot / count.clamp(min=1e-12), 0.0) / nonempty.sum()
-        return bin_weight, idx
+        return bin_weight, idx, work
 
     def forward(self, logits: Tensor, targets: Tensor, features: Tensor | None = None,
                 epoch: int = 0) -> Tensor:
@@ -68,16 +69,18 @@ class GHMCLoss(ImbalanceLoss):
         need_grad = torch.is_grad_enabled() and z.requires_grad
         with torch.no_grad():
             sig = torch.sigmoid(z)
-            bin_weight, idx = self._histogram_weights(sig, y1)
+            bin_weight, idx, work = self._histogram_weights(sig, y1)
             # BCE against 0 is softplus(z) = relu(z) - log σ(|z|), σ(|z|) = max(σ, 1 - σ) in
             # [0.5, 1]; at the target entries BCE against 1 is that minus z.
-            work = z.clamp(min=0)
-            bce = torch.sub(1.0, sig).clamp_(min=sig).log_().neg_().add_(work)
+            relu = torch.clamp(z, min=0, out=work)
+            bce = torch.sub(1.0, sig).clamp_(min=sig).log_()
+            bce = torch.sub(relu, bce, out=bce)
             bce.scatter_add_(1, y1, -z.gather(1, y1))
-            w = torch.index_select(bin_weight, 0, idx.reshape(-1), out=work.reshape(-1))
-            loss = torch.dot(w, bce.reshape(-1)) / tot
+            # w / tot per element, in the buffer again
+            w = torch.index_select(bin_weight / tot, 0, idx.reshape(-1), out=work.reshape(-1))
+            loss = torch.dot(w, bce.reshape(-1))
             grad = None
             if need_grad:  # w · (σ - t) / tot, in σ's storage
                 grad = sig.scatter_add_(1, y1, torch.full_like(y1, -1, dtype=sig.dtype))
-                grad.mul_(w.view_as(sig)).mul_(1.0 / tot)
+                grad.mul_(w.view_as(sig))
         return with_gradient(z, loss, grad)
