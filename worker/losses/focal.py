@@ -73,15 +73,19 @@ def sigmoid_focal_sum(z: Tensor, targets: Tensor, gamma: float, *, pos: float = 
             deriv = torch.addcmul(sig, deriv, bce, value=gamma, out=deriv)
         # σ is not needed any more: its storage becomes neg_scale · σ^γ, the factor of every
         # negative's value and derivative.
-        if gamma == 0:
-            mod = sig.fill_(1.0)
-        elif gamma == 1:
-            mod = sig
-        elif gamma == 2:
-            mod = sig.mul_(sig)
-        else:  # pow with a general exponent is several times slower than exp(γ log σ)
-            mod = sig.log_().mul_(gamma).exp_()
-        mod.mul_(neg_scale)
+        if gamma == 2 and row_weight is None:  # c·σ² in one pass (the default γ)
+            mod = torch.addcmul(torch.zeros((), dtype=sig.dtype, device=sig.device), sig, sig,
+                                value=neg_scale, out=sig)
+        else:
+            if gamma == 0:
+                mod = sig.fill_(1.0)
+            elif gamma == 1:
+                mod = sig
+            elif gamma == 2:
+                mod = sig.mul_(sig)
+            else:  # pow with a general exponent is several times slower than exp(γ log σ)
+                mod = sig.log_().mul_(gamma).exp_()
+            mod.mul_(neg_scale)
         total = torch.dot(bce.scatter_(1, y1, 0.0).reshape(-1), mod.reshape(-1))
         value_t, deriv_t = _focal_terms(-z.gather(1, y1).squeeze(1), gamma)
         pos_scale = pos * scale if row_weight is None else row_weight * (pos * scale)
