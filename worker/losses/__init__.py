@@ -14,12 +14,30 @@ import torch
 from torch import Tensor
 
 from search_spaces.catalogue import LOSSES
-from worker.losses.base import ImbalanceLoss
+from worker.losses.base import ImbalanceLoss, switch_epoch
+from worker.losses.class_balanced import ClassBalancedLoss
 from worker.losses.cross_entropy import CrossEntropy, WeightedCrossEntropy
+from worker.losses.dice import SelfAdjustingDiceLoss
+from worker.losses.focal import FocalLoss, SigmoidFocalLoss
+from worker.losses.ghm import GHMCLoss
+from worker.losses.influence_balanced import InfluenceBalancedFocalLoss, InfluenceBalancedLoss
+from worker.losses.ldam import LDAMDRWLoss, LDAMLoss
+from worker.losses.logit_adjustment import BalancedSoftmaxLoss, LogitAdjustedLoss
 
 REGISTRY: dict[str, type[ImbalanceLoss]] = {
     "ce": CrossEntropy,
     "weighted_ce": WeightedCrossEntropy,
+    "focal": FocalLoss,
+    "sigmoid_focal": SigmoidFocalLoss,
+    "class_balanced": ClassBalancedLoss,
+    "influence_balanced": InfluenceBalancedLoss,
+    "ib_focal": InfluenceBalancedFocalLoss,
+    "ghm": GHMCLoss,
+    "ldam": LDAMLoss,
+    "ldam_drw": LDAMDRWLoss,
+    "balanced_softmax": BalancedSoftmaxLoss,
+    "logit_adjusted": LogitAdjustedLoss,
+    "dice": SelfAdjustingDiceLoss,
 }
 
 
@@ -41,4 +59,4 @@ def build_loss(name: str, class_counts: Sequence[int] | Tensor, *, total_epochs:
     return loss.to(device) if device is not None else loss
 
 
-__all__ = ["REGISTRY", "ImbalanceLoss", "build_loss"]
+__all__ = ["REGISTRY", "ImbalanceLoss", "build_loss", "switch_epoch"]
