@@ -7,10 +7,21 @@ test checks both directions.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 ParamKind = Literal["float", "int", "categorical"]
+
+
+def switch_epoch(fraction: float, total_epochs: int) -> int:
+    """The first epoch (0-based) of a schedule's second phase: ``ceil(fraction · total_epochs)``.
+
+    The product is rounded to 6 decimals first, so ``0.07 · 100`` (7.000000000000001 in
+    binary) switches at epoch 7, not 8. Every loss with a schedule, and anything that waits for one
+    (pruning), must use this one function.
+    """
+    return math.ceil(round(float(fraction) * int(total_epochs), 6))
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from optuna.samplers import BaseSampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
-from search_spaces.catalogue import LOSSES
+from search_spaces.catalogue import LOSSES, switch_epoch
 from search_spaces.spec import Distribution, Searchable, SearchSpace, StudySpec
 
 
@@ -185,6 +185,5 @@ def first_prunable_epoch(spec: StudySpec, params: TrialParams) -> int:
     first = spec.pruner.min_epochs
     switch = LOSSES[params.loss].switch_param
     if switch is not None:
-        switch_epoch = math.ceil(float(params.loss_params[switch]) * epochs)
-        first = max(first, switch_epoch + max(2, epochs // 10))
+        first = max(first, switch_epoch(params.loss_params[switch], epochs) + max(2, epochs // 10))
     return first

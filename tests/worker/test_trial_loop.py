@@ -167,3 +167,24 @@ def test_pictures_are_stored_as_artifacts(sqlite_url, tmp_path) -> None:
     assert sorted(m.filename for m in metas) == ["confusion_test.png", "per_class_test.png"]
     for m in metas:
         assert (tmp_path / "artifacts" / m.artifact_id).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class AlwaysPrune(optuna.pruners.BasePruner):
+    def prune(self, study, trial) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("loss", "expected_last_epoch"), [("ce", 1), ("influence_balanced", 3 + 2)])
+def test_a_late_switching_loss_is_not_pruned_before_its_switch(
+        sqlite_url, tmp_path, monkeypatch, loss, expected_last_epoch) -> None:
+    """With a pruner that always says prune, plain CE stops at pruner.min_epochs (1), while
+    influence-balanced (warm-up 0.5 of 6 epochs: switch at 3) runs until 2 epochs after it."""
+    import worker.trial_loop
+
+    monkeypatch.setattr(worker.trial_loop, "make_pruner", lambda spec: AlwaysPrune())
+    submit(sqlite_url, n_trials=1, epochs=6, pruner={"name": "median", "min_epochs": 1},
+           search_space={"loss": {loss: {}}})
+    new_worker(sqlite_url, tmp_path).run(exit_when_idle=True)
+    (t,) = trials_of(sqlite_url)
+    assert t.state == TrialState.PRUNED
+    assert max(t.intermediate_values) == expected_last_epoch

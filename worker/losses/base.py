@@ -19,25 +19,16 @@ computed in float32; a schedule switches at ``switch_epoch(fraction, total_epoch
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from search_spaces.catalogue import switch_epoch as switch_epoch  # one rule for losses and pruning
+
 Counts = Sequence[int] | Tensor
 Device = torch.device | str | None
-
-
-def switch_epoch(fraction: float, total_epochs: int) -> int:
-    """The first epoch (0-based) of a schedule's second phase: ``ceil(fraction · total_epochs)``.
-
-    The product is rounded to 6 decimals first, so ``0.07 · 100`` (7.000000000000001 in
-    binary) switches at epoch 7, not 8. Every loss with a schedule, and anything that waits for one
-    (pruning), must use this one function.
-    """
-    return math.ceil(round(float(fraction) * int(total_epochs), 6))
 
 
 def compute_dtype(x: Tensor) -> Tensor:
