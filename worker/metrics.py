@@ -40,7 +40,8 @@ def thirds(train_counts: list[int]) -> dict[str, list[int]]:
     sizes as ``numpy.array_split`` gives them, the head third the largest)."""
     order = sorted(range(len(train_counts)), key=lambda c: (-train_counts[c], c))
     parts = np.array_split(np.array(order, dtype=np.int64), 3)
-    return {name: part.tolist() for name, part in zip(("head", "middle", "tail"), parts, strict=True)}
+    names = ("head", "middle", "tail")
+    return {name: part.tolist() for name, part in zip(names, parts, strict=True)}
 
 
 def classification_metrics(cm: Tensor, train_counts: list[int], prefix: str) -> dict[str, Any]:
