@@ -1,0 +1,1 @@
+"""Speed benchmarks of the worker, run by hand or by `make bench`; never part of the tests."""
