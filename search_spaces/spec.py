@@ -121,7 +121,10 @@ class DatasetSpec(_Strict):
     profile: Literal["exp", "step"] = "exp"
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     n_max: int | None = Field(default=None, ge=1, le=1_000_000, description="head-class size cap")
-    val_per_class: int | None = Field(default=None, ge=1, le=10_000)
+    val_per_class: int | None = Field(
+        default=None, ge=1, le=10_000,
+        description="balanced validation images per class, from training images the long-tailed "
+        "subset left unused; default 100 (fashion-mnist, cifar), 20 digits, 50 synthetic")
     num_classes: int | None = Field(default=None, ge=2, le=1000, description="synthetic-lt only")
     file: str | None = Field(default=None, max_length=200, description="npz only: a file name")
 
@@ -154,7 +157,8 @@ class TrainingSpec(_Strict):
     momentum: float = Field(default=0.9, ge=0, lt=1)
     weight_decay: float = Field(default=2e-4, ge=0, le=1)
     schedule: Literal["step", "cosine", "constant"] = "step"
-    warmup_epochs: int = Field(default=5, ge=0, le=1000)
+    warmup_epochs: int = Field(default=5, ge=0, le=1000,
+                               description="linear warm-up, at most a quarter of the epochs")
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     augment: bool | None = Field(default=None, description="None: crop+flip where it fits the data")
 

@@ -1,2 +1,1 @@
-"""Benchmarks of worker components; run as modules (``python -m worker.benchmarks.NAME``), not
-collected by pytest."""
+"""Benchmarks run by `make bench` / `tailtune bench`: ratios measured side by side in one run."""

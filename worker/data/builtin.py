@@ -36,7 +36,7 @@ def build_digits(spec: DatasetSpec, *, data_root: Path | None = None) -> LongTai
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    x = (digits.images.astype(np.float32) / 16.0 - 0.5)[:, None, :, :]
+    x = digits.images.astype(np.float32)[:, None, :, :]
     y = digits.target.astype(np.int64)
     rng = np.random.default_rng(12345)  # the test split never depends on the study's seed
     test = np.concatenate([rng.permutation(np.flatnonzero(y == k))[:30] for k in range(10)])
