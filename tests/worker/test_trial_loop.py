@@ -158,15 +158,21 @@ def test_a_worker_refuses_a_store_that_does_not_exist(tmp_path) -> None:
     assert not (tmp_path / "missing.db").exists()
 
 
-def test_pictures_are_stored_as_artifacts(sqlite_url, tmp_path) -> None:
-    pytest.importorskip("worker.plots")
-    submit(sqlite_url, n_trials=1)
+def test_pictures_are_stored_as_artifacts_and_served_over_rest(sqlite_url, tmp_path, make_client) -> None:
+    sid = submit(sqlite_url, n_trials=1)
     new_worker(sqlite_url, tmp_path).run(exit_when_idle=True)
     (t,) = trials_of(sqlite_url)
-    metas = optuna.artifacts.get_all_artifact_meta(t)
+    metas = optuna.artifacts.get_all_artifact_meta(t, storage=make_storage(sqlite_url))
     assert sorted(m.filename for m in metas) == ["confusion_test.png", "per_class_test.png"]
     for m in metas:
         assert (tmp_path / "artifacts" / m.artifact_id).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    client = make_client(sqlite_url)  # its artifacts_dir is tmp_path / "artifacts" too
+    listed = client.get(f"/api/v1/studies/{sid}/trials/0").json()["artifacts"]
+    assert sorted(a["filename"] for a in listed) == ["confusion_test.png", "per_class_test.png"]
+    png = client.get(listed[0]["url"])
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert png.content[:4] == b"\x89PNG"
+    assert client.get(f"/api/v1/studies/{sid}/trials/0/artifacts/{'0' * 36}").status_code == 404
 
 
 class AlwaysPrune(optuna.pruners.BasePruner):

@@ -117,23 +117,23 @@ def _trial(storage: StorageDep, view: svc.StudyView, number: int) -> Any:
 def get_trial(view: StudyDep, storage: StorageDep, number: int) -> dict[str, Any]:
     t, retried = _trial(storage, view, number)
     out = svc.trial_dict(t, retried, detail=True)
-    out["artifacts"] = _artifacts(view.id, t)
+    out["artifacts"] = _artifacts(storage, view.id, t)
     return out
 
 
-def _artifacts(study_id: int, t: Any) -> list[dict[str, Any]]:
+def _artifacts(storage: StorageDep, study_id: int, t: Any) -> list[dict[str, Any]]:
     from optuna.artifacts import get_all_artifact_meta
 
     return [{"id": a.artifact_id, "filename": a.filename, "mimetype": a.mimetype,
              "url": f"/api/v1/studies/{study_id}/trials/{t.number}/artifacts/{a.artifact_id}"}
-            for a in get_all_artifact_meta(t)]
+            for a in get_all_artifact_meta(t, storage=storage)]
 
 
 @router.get("/{study_id}/trials/{number}/artifacts/{artifact_id}")
 def get_artifact(view: StudyDep, storage: StorageDep, settings: SettingsDep, number: int,
                  artifact_id: Annotated[str, PathParam(pattern=r"^[0-9a-f\-]{1,64}$")]) -> FileResponse:
     t, _ = _trial(storage, view, number)
-    meta = {a["id"]: a for a in _artifacts(view.id, t)}
+    meta = {a["id"]: a for a in _artifacts(storage, view.id, t)}
     if artifact_id not in meta:
         raise not_found(f"artifact {artifact_id} of trial {number}")
     path = Path(settings.artifacts_dir) / artifact_id
