@@ -59,3 +59,33 @@ def test_token_command_prints_a_usable_token(sqlite_url, make_client) -> None:
     assert r.returncode == 0 and token.startswith("tt_")
     client = make_client(sqlite_url, auth="token")
     assert client.get("/api/v1/studies", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+
+
+@pytest.mark.slow
+def test_up_serves_runs_the_example_and_stops_on_ctrl_c(tmp_path) -> None:
+    """The README's first command: API + dashboard + a worker + the example study."""
+    import signal
+
+    from tests.conftest import free_port, tailtune, wait_until
+
+    port = free_port()
+    log = tmp_path / "up.log"
+    proc = tailtune("up", "--port", str(port), "--device", "cpu", log=log,
+                    env={"TAILTUNE_DATABASE_URL": f"sqlite:///{tmp_path / 'up.db'}",
+                         "TAILTUNE_ARTIFACTS_DIR": str(tmp_path / "artifacts")})
+    api = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: "tailtune is up" in log.read_text(), 120, "`tailtune up` to report")
+
+        def a_trial_done() -> bool:
+            (study,) = httpx.get(f"{api}/api/v1/studies", timeout=10).json()
+            return study["name"] == "digits-lt-demo" and study["trials"]["complete"] >= 1
+
+        wait_until(a_trial_done, 240, "the example study to complete a trial")
+        assert httpx.get(f"{api}/dashboard", timeout=10).status_code == 200
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        proc.kill()
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{api}/healthz", timeout=2)
