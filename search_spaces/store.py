@@ -10,16 +10,25 @@ create new ones, and a trial retried after its worker died is queued by Optuna's
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
+import os
 import sqlite3
+import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 import optuna
 import sqlalchemy as sa
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages._rdb import models as optuna_models
 from optuna.trial import FrozenTrial, TrialState
+
+log = logging.getLogger("tailtune.store")
+T = TypeVar("T")
 
 DEFAULT_URL = "sqlite:///tailtune.db"
 
@@ -54,6 +63,43 @@ class NoQueuedTrial(RuntimeError):
     """A worker tried to start a trial of a study whose queued trials are all taken."""
 
 
+def is_transient_store_error(exc: BaseException) -> bool:
+    """A lost connection, a restarting server or a locked SQLite file: worth trying again.
+
+    Optuna wraps some driver errors in ``StorageInternalError``, so the causes are looked at too.
+    """
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, sa.exc.DBAPIError) and seen.connection_invalidated:
+            return True
+        if isinstance(seen, (sa.exc.OperationalError, sa.exc.InterfaceError, sqlite3.OperationalError)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def retry_store(fn: Callable[[], T], *, within_s: float, what: str) -> T:
+    """Run ``fn``; on a transient store error try again with back-off for up to ``within_s``.
+
+    Workers wrap their writes during a trial in this, so a database restart of a few seconds
+    costs a pause, not the trial.
+    """
+    deadline = time.monotonic() + within_s
+    delay = 0.2
+    while True:
+        try:
+            return fn()
+        except Exception as exc:
+            if not is_transient_store_error(exc) or time.monotonic() + delay > deadline:
+                raise
+            log.warning("store unavailable while %s (%s); retrying in %.1fs", what,
+                        type(exc).__name__, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 class ClaimOnlyStorage(RDBStorage):
     """A worker's storage: it claims queued trials and never creates fresh ones.
 
@@ -70,6 +116,38 @@ class ClaimOnlyStorage(RDBStorage):
             raise NoQueuedTrial(f"study {study_id} has no queued trial left")
         return super()._create_new_trial(study_id, template_trial)
 
+    def record_heartbeat(self, trial_id: int) -> None:
+        # Optuna's heartbeat thread dies on the first exception; a store that is briefly down
+        # must not end it, or a trial that survives the outage would later count as stale.
+        try:
+            super().record_heartbeat(trial_id)
+        except Exception as exc:
+            if not is_transient_store_error(exc):
+                raise
+            log.warning("heartbeat of trial %d not recorded: the store is unavailable (%s)",
+                        trial_id, type(exc).__name__)
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """Optuna's stale trials, plus RUNNING trials that never got a heartbeat.
+
+        A worker that dies between claiming a trial and its first heartbeat (or loses the store
+        in that moment) leaves a RUNNING trial Optuna would never call stale; such a trial is
+        stale once it started longer than the grace period ago.
+        """
+        stale = super()._get_stale_trial_ids(study_id)
+        assert self.grace_period is not None
+        # Optuna stores trial datetimes as naive UTC.
+        cutoff = dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(seconds=self.grace_period)
+        trial, heartbeat = optuna_models.TrialModel, optuna_models.TrialHeartbeatModel
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(trial.trial_id)
+                .outerjoin(heartbeat, heartbeat.trial_id == trial.trial_id)
+                .where(trial.study_id == study_id, trial.state == TrialState.RUNNING,
+                       heartbeat.trial_heartbeat_id.is_(None), trial._datetime_start_utc < cutoff)
+            ).scalars().all()
+        return sorted(set(stale) | set(rows))
+
 
 def _prepare_sqlite(url: str) -> None:
     """WAL mode persists in the file; set it once so readers never block the writer."""
@@ -77,6 +155,20 @@ def _prepare_sqlite(url: str) -> None:
     if path and path != ":memory:":
         with sqlite3.connect(path, timeout=30) as conn:
             conn.execute("PRAGMA journal_mode=WAL")
+
+
+def _begin_immediate(engine: sa.engine.Engine) -> None:
+    """Open every SQLite transaction with ``BEGIN IMMEDIATE``.
+
+    A deferred transaction that reads and then writes cannot wait for the write lock: when
+    another process wrote in between, SQLite answers "database is locked" at once, whatever
+    the busy timeout. Taking the lock at ``BEGIN`` makes every writer wait its turn instead
+    (the driver's own transaction handling is switched off in ``connect_args``).
+    """
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn: sa.engine.Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def make_storage(
@@ -96,7 +188,7 @@ def make_storage(
     is_sqlite = url.startswith("sqlite")
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if is_sqlite:
-        engine_kwargs["connect_args"] = {"timeout": 60}
+        engine_kwargs["connect_args"] = {"timeout": 60, "isolation_level": None}
     else:
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
     try:
@@ -112,16 +204,20 @@ def make_storage(
                 grace_period=grace_period,
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
             )
-        return cls(url, engine_kwargs=engine_kwargs, skip_table_creation=not create, **kwargs)
+        storage = cls(url, engine_kwargs=engine_kwargs, skip_table_creation=not create, **kwargs)
+        if is_sqlite:
+            _begin_immediate(storage.engine)
+        return storage
     except StoreUnavailable:
         raise
     except (sa.exc.SQLAlchemyError, sqlite3.Error) as exc:
         raise StoreUnavailable(f"cannot open the store at {_redact(url)}: {exc.__class__.__name__}: "
                                f"{str(exc).splitlines()[0]}") from exc
     except RuntimeError as exc:  # Optuna's schema-version check
-        raise StoreUnavailable(f"the store at {_redact(url)} has an incompatible schema: {exc}. "
-                               "Run the tailtune version that matches it, or upgrade the store "
-                               "with `optuna storage upgrade`.") from exc
+        raise StoreUnavailable(f"the store at {_redact(url)} has a schema this tailtune cannot use: "
+                               f"{exc} Run the tailtune release that matches the store, or upgrade "
+                               "the store (`optuna storage upgrade --storage URL`) when it is "
+                               "older.") from exc
 
 
 def _redact(url: str) -> str:
@@ -129,22 +225,29 @@ def _redact(url: str) -> str:
 
 
 def _require_existing_store(url: str, engine_kwargs: dict[str, Any]) -> None:
+    """Refuse, without writing anything, a URL that holds no initialised Optuna store.
+
+    Optuna stamps a missing schema version on open; a worker must not, so the version rows
+    are checked here first (a wrong version is then Optuna's own check's to report).
+    """
+    missing = (f"no tailtune store at {_redact(url)}: start `tailtune serve` (or `tailtune up`) with "
+               "this URL first, or pass the right --storage")
     if url.startswith("sqlite"):
         path = sa.engine.make_url(url).database
-        import os
-
         if not path or not os.path.exists(path):
-            raise StoreUnavailable(f"no tailtune store at {_redact(url)}: start `tailtune serve` "
-                                   "(or `tailtune up`) with this URL first, or pass the right --storage")
+            raise StoreUnavailable(missing)
     engine = sa.create_engine(url, **engine_kwargs)
     try:
         with engine.connect() as conn:
             tables = set(sa.inspect(conn).get_table_names())
+            if not {"studies", "trials", "version_info", "alembic_version"} <= tables:
+                raise StoreUnavailable(missing)
+            for table in ("version_info", "alembic_version"):
+                if conn.execute(sa.text(f"SELECT COUNT(*) FROM {table}")).scalar_one() == 0:
+                    raise StoreUnavailable(f"the store at {_redact(url)} has no schema version "
+                                           f"({table} is empty); it was not made by tailtune")
     finally:
         engine.dispose()
-    if not {"studies", "trials", "version_info"} <= tables:
-        raise StoreUnavailable(f"no tailtune store at {_redact(url)}: start `tailtune serve` with this "
-                               "URL first, or pass the right --storage")
 
 
 @dataclass(frozen=True)

@@ -138,24 +138,34 @@ def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.2) 
 
 
 @contextlib.contextmanager
-def running_api(url: str, tmp_path: Path, **env: str) -> Iterator[str]:
-    """``tailtune serve`` on a free port; yields its base URL once /readyz answers."""
+def serving(url: str, tmp_path: Path, *serve_args: str, ready_timeout_s: float = 60,
+            **env: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``tailtune serve SERVE_ARGS`` on a free port; yields its base URL and process once
+    /readyz answers, and stops it afterwards."""
     port = free_port()
+    log = tmp_path / f"api-{port}.log"
     proc = tailtune("serve", "--storage", url, "--port", str(port), "--artifacts-dir",
-                    str(tmp_path / "artifacts"), env=env, log=tmp_path / f"api-{port}.log")
+                    str(tmp_path / "artifacts"), *serve_args, env=env, log=log)
     base = f"http://127.0.0.1:{port}"
 
     def ready() -> bool:
         if proc.poll() is not None:
-            pytest.fail(f"the API exited: {(tmp_path / f'api-{port}.log').read_text()[-2000:]}")
+            pytest.fail(f"the API exited: {log.read_text()[-2000:]}")
         try:
             return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
 
     try:
-        wait_until(ready, 60, "the API to answer /readyz")
-        yield base
+        wait_until(ready, ready_timeout_s, "the API to answer /readyz")
+        yield base, proc
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        proc.wait(timeout=60)
+
+
+@contextlib.contextmanager
+def running_api(url: str, tmp_path: Path, **env: str) -> Iterator[str]:
+    """``tailtune serve`` on a free port; yields its base URL once /readyz answers."""
+    with serving(url, tmp_path, **env) as (base, _):
+        yield base

@@ -1,9 +1,9 @@
-"""Submit over HTTP, two worker processes on PostgreSQL, results over REST and the dashboard."""
+"""Submit over HTTP, two worker processes on PostgreSQL, results over REST and the dashboard.
+
+Faults (killed workers, restarts, many workers) are in ``tests/reliability``."""
 
 from __future__ import annotations
 
-import os
-import signal
 from collections import Counter
 
 import httpx
@@ -60,36 +60,3 @@ def test_two_workers_complete_a_study_each_trial_once(pg_url, tmp_path) -> None:
         assert {t["state"] for t in dash["trials"]} == {"Complete"}
         best = httpx.get(f"{api}/api/v1/studies/{sid}/best", timeout=10).json()
         assert best["value"] == max(t["value"] for t in items)
-
-
-def test_a_killed_workers_trial_is_failed_retried_and_the_study_completes(pg_url, tmp_path) -> None:
-    """SIGKILL mid-trial: after the grace period another worker fails the trial, Optuna queues
-    a copy, and the study still ends with every asked trial done once."""
-    fast = ["--heartbeat-interval", "1", "--grace-period", "3", "--poll-interval", "0.2",
-            "--artifacts-dir", str(tmp_path / "artifacts")]
-    with running_api(pg_url, tmp_path) as api:
-        spec = tiny_spec(name="kill", n_trials=3, epochs=40)
-        spec["dataset"]["n_max"] = 400
-        sid = httpx.post(f"{api}/api/v1/studies", json=spec, timeout=30).json()["id"]
-        victim = tailtune("worker", "--storage", pg_url, "--device", "cpu", *fast,
-                          log=tmp_path / "victim.log")
-        try:
-            wait_until(lambda: httpx.get(f"{api}/api/v1/studies/{sid}/trials",
-                                         params={"state": "running"}, timeout=10).json()["total"],
-                       120, "the victim to start a trial")
-            os.kill(victim.pid, signal.SIGKILL)
-            victim.wait(timeout=30)
-            survivor = tailtune("worker", "--storage", pg_url, "--device", "cpu", "--exit-when-idle",
-                                *fast, log=tmp_path / "survivor.log")
-            done = study_when(api, sid, "completed", "failed", timeout_s=300)
-            assert survivor.wait(timeout=120) == 0
-        finally:
-            victim.kill()
-        assert done["state"] == "completed"
-        assert done["trials"] == {"waiting": 0, "running": 0, "complete": 3, "pruned": 0, "fail": 1}
-        items = httpx.get(f"{api}/api/v1/studies/{sid}/trials", timeout=10).json()["items"]
-        (failed,) = [t for t in items if t["state"] == "fail"]
-        assert "heartbeat" in failed["fail_reason"] and "retried as trial 3" in failed["fail_reason"]
-        retry = next(t for t in items if t["number"] == 3)
-        assert retry["retry_of"] == failed["number"] and retry["params"] == failed["params"]
-        assert retry["state"] == "complete"

@@ -16,7 +16,11 @@ What becomes of a trial:
 - the worker gets SIGTERM: the trial ends FAIL between epochs with its reason and a copy is
   queued (the same retry Optuna makes for a trial whose worker died);
 - the worker dies: its heartbeat stops; after the grace period the next worker that looks for
-  work fails it and Optuna's ``RetryHeartbeatStaleTrialCallback`` queues a copy.
+  work fails it and Optuna's ``RetryHeartbeatStaleTrialCallback`` queues a copy;
+- the store goes away for a moment (a database restart): the trial's writes are retried for up
+  to the grace period and training goes on; a longer outage fails the trial with its reason and
+  queues a copy, or, when even that write cannot reach the store, leaves it to the heartbeat
+  rule above. The loop itself waits for the store to come back.
 """
 
 from __future__ import annotations
@@ -47,7 +51,9 @@ from search_spaces.store import (
     HEARTBEAT_INTERVAL_S,
     MAX_RETRY,
     NoQueuedTrial,
+    is_transient_store_error,
     make_storage,
+    retry_store,
     trial_counts,
 )
 
@@ -59,7 +65,7 @@ class StudyCancelled(RuntimeError):
 
 
 class WorkerInterrupted(RuntimeError):
-    """The worker was asked to stop (SIGTERM) while this trial ran."""
+    """The trial must end now and be queued again: SIGTERM, or the store was gone too long."""
 
 
 @dataclass
@@ -83,6 +89,7 @@ class Worker:
                                     grace_period=config.grace_period_s)
         self.stop_event = threading.Event()
         self._specs: dict[int, StudySpec] = {}
+        self._studies: dict[int, optuna.Study] = {}
         self._artifact_store = None
         if config.artifacts_dir:
             from optuna.artifacts import FileSystemArtifactStore
@@ -98,15 +105,25 @@ class Worker:
         log.info("worker %s serving %s on %s", self.config.worker_id,
                  ", ".join(self.config.studies) if self.config.studies else "all studies",
                  self.config.device)
+        outage_wait_s = 0.0
         while not self.stop_event.is_set() and (max_trials is None or ran < max_trials):
-            study = self._pick_study()
-            if study is None:
-                if exit_when_idle and not self._anything_running():
-                    break
-                self.stop_event.wait(self.config.poll_interval_s)
-                continue
-            if self.run_one(study):
-                ran += 1
+            try:
+                study = self._pick_study()
+                if study is None:
+                    if exit_when_idle and not self._anything_running():
+                        break
+                    self.stop_event.wait(self.config.poll_interval_s)
+                    continue
+                if self.run_one(study):
+                    ran += 1
+                outage_wait_s = 0.0
+            except Exception as exc:
+                if not is_transient_store_error(exc):
+                    raise
+                outage_wait_s = min(max(2 * outage_wait_s, 0.5), 10.0)
+                log.warning("the store is unavailable (%s); trying again in %.1fs",
+                            _reason(exc), outage_wait_s)
+                self.stop_event.wait(outage_wait_s)
         log.info("worker %s stopping after %d trial(s)", self.config.worker_id, ran)
         return ran
 
@@ -126,7 +143,7 @@ class Worker:
         for s in studies:
             c = counts.get(s._study_id)
             if c is not None and c.running:
-                fail_stale_trials(optuna.load_study(study_name=s.study_name, storage=self.storage))
+                fail_stale_trials(self._study(s, self.spec_of(s)))
         counts = trial_counts(self.storage, [s._study_id for s in studies])
         ready = [s for s in studies if counts.get(s._study_id) and counts[s._study_id].waiting]
         if not ready:
@@ -146,22 +163,48 @@ class Worker:
             self._specs[study._study_id] = parse_spec(json.loads(study.user_attrs[ATTR_SPEC]))
         return self._specs[study._study_id]
 
+    def _study(self, frozen: optuna.study.FrozenStudy, spec: StudySpec) -> optuna.Study:
+        """One ``Study`` per study for the worker's life.
+
+        Its storage cache keeps the finished trials, so each trial re-reads only what changed;
+        a fresh ``load_study`` per trial re-read every trial of the study (seconds at 2,000).
+        """
+        study = self._studies.get(frozen._study_id)
+        if study is None:
+            study = optuna.load_study(study_name=frozen.study_name, storage=self.storage,
+                                      sampler=make_sampler(spec), pruner=make_pruner(spec))
+            self._studies[frozen._study_id] = study
+        return study
+
     def run_one(self, frozen: optuna.study.FrozenStudy) -> bool:
         """Claim and run one queued trial of ``frozen``; False when none was left to claim."""
         spec = self.spec_of(frozen)
-        study = optuna.load_study(study_name=frozen.study_name, storage=self.storage,
-                                  sampler=make_sampler(spec), pruner=make_pruner(spec))
+        study = self._study(frozen, spec)
         current: dict[str, Any] = {}
         objective = self._objective(study, spec, current)
         try:
             study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
         except NoQueuedTrial:
             return False
+        except Exception:
+            if "trial_id" not in current or not self._ended_elsewhere(current["trial_id"]):
+                raise
+            # Cut off from the store longer than the grace period, the trial was failed as
+            # stale by another worker, which queued its retry; this result is dropped.
+            log.warning("trial %s was ended by another worker while this one ran it (the store "
+                        "was out of reach); its retry runs instead", current.get("number"))
+            return True
         if current.get("interrupted"):
             trial = self.storage.get_trial(current["trial_id"])
             RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, trial)
             log.info("trial %d interrupted; queued again", trial.number)
         return "trial_id" in current
+
+    def _ended_elsewhere(self, trial_id: int) -> bool:
+        try:
+            return self.storage.get_trial(trial_id).state.is_finished()
+        except Exception:
+            return False
 
     # -- one trial --------------------------------------------------------------------------
 
@@ -169,32 +212,37 @@ class Worker:
                    current: dict[str, Any]) -> Callable[[optuna.Trial], float]:
         from worker.train import train_trial  # torch is imported on first use only
 
+        patience = float(self.config.grace_period_s)
+
+        def store(fn: Callable[[], Any], what: str) -> Any:
+            return retry_store(fn, within_s=patience, what=what)
+
         def objective(trial: optuna.Trial) -> float:
             current["trial_id"] = trial._trial_id
-            trial.set_user_attr(ATTR_WORKER, self.config.worker_id)
-            trial.set_user_attr("device", self.config.device)
-            if trial.user_attrs.get(ATTR_FAIL_REASON):  # a retry carries its original's attrs
-                trial.set_user_attr(ATTR_FAIL_REASON, None)
+            current["number"] = trial.number
             try:
+                store(lambda: self._start(trial), "starting the trial")
                 params = suggest(trial, spec)
-                trial.set_user_attr("loss_params", params.loss_params)
+                store(lambda: trial.set_user_attr("loss_params", params.loss_params), "recording params")
                 first_prunable = first_prunable_epoch(spec, params)
                 log.info("trial %d of %r: %s %s lr=%.4g", trial.number, study.study_name,
                          params.loss, params.loss_params, params.lr)
 
                 def on_epoch(epoch: int, value: float, metrics: dict[str, Any]) -> None:
-                    trial.report(value, epoch)
+                    store(lambda: trial.report(value, epoch), f"reporting epoch {epoch}")
                     if self.stop_event.is_set():
                         raise WorkerInterrupted("the worker received SIGTERM; the trial is "
                                                 "queued again")
-                    if self.storage.get_study_user_attrs(study._study_id).get(ATTR_CANCELLED):
+                    attrs = store(lambda: self.storage.get_study_user_attrs(study._study_id),
+                                  "checking for cancellation")
+                    if attrs.get(ATTR_CANCELLED):
                         raise StudyCancelled("study cancelled")
-                    if epoch >= first_prunable and trial.should_prune():
+                    if epoch >= first_prunable and store(trial.should_prune, "asking the pruner"):
                         raise optuna.TrialPruned(f"pruned at epoch {epoch} (value {value:.4f})")
 
                 result = train_trial(spec, params, device=self.config.device,
                                      data_root=self.config.data_root, on_epoch=on_epoch)
-                self._record(trial, result)
+                store(lambda: self._record(trial, result), "recording the result")
                 log.info("trial %d finished: %s = %.4f (%.1fs)", trial.number,
                          spec.objective.metric, result.value, result.wall_time_s)
                 return result.value
@@ -205,11 +253,23 @@ class Worker:
                 trial.set_user_attr(ATTR_FAIL_REASON, str(exc))
                 raise
             except Exception as exc:
+                if is_transient_store_error(exc):
+                    current["interrupted"] = True
+                    reason = (f"the store was out of reach for over {patience:.0f}s "
+                              f"({_reason(exc)}); the trial is queued again")
+                    trial.set_user_attr(ATTR_FAIL_REASON, reason[:500])
+                    raise WorkerInterrupted(reason) from exc
                 trial.set_user_attr(ATTR_FAIL_REASON, _reason(exc))
                 _free_device_memory()
                 raise
 
         return objective
+
+    def _start(self, trial: optuna.Trial) -> None:
+        trial.set_user_attr(ATTR_WORKER, self.config.worker_id)
+        trial.set_user_attr("device", self.config.device)
+        if trial.user_attrs.get(ATTR_FAIL_REASON):  # a retry carries its original's attrs
+            trial.set_user_attr(ATTR_FAIL_REASON, None)
 
     def _record(self, trial: optuna.Trial, result: Any) -> None:
         for key, value in result.metrics.items():

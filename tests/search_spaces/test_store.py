@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import optuna
 import pytest
+import sqlalchemy as sa
 
 from search_spaces import make_storage, study_state, trial_counts
-from search_spaces.store import ATTR_CANCELLED, NoQueuedTrial, StoreUnavailable, TrialCounts
+from search_spaces.store import (
+    ATTR_CANCELLED,
+    NoQueuedTrial,
+    StoreUnavailable,
+    TrialCounts,
+    is_transient_store_error,
+    retry_store,
+)
 
 
 def test_a_worker_storage_claims_queued_trials_and_never_creates_one(sqlite_url) -> None:
@@ -65,3 +75,72 @@ def test_an_unreachable_database_is_a_clear_error() -> None:
     with pytest.raises(StoreUnavailable, match="cannot open the store at postgresql") as info:
         make_storage("postgresql+psycopg://nobody:secret@127.0.0.1:1/x", create=False)
     assert "secret" not in str(info.value)
+
+
+def test_a_running_trial_without_heartbeat_is_stale_after_the_grace_period(storage_url) -> None:
+    """A worker that died between claiming a trial and its first heartbeat."""
+    storage = make_storage(storage_url, worker=True, grace_period=60)
+    study = optuna.create_study(study_name="s", storage=storage)
+    study.enqueue_trial({})
+    study.enqueue_trial({})
+    old, fresh = (t._trial_id for t in study.get_trials())
+    for trial_id in (old, fresh):
+        assert storage.set_trial_state_values(trial_id, optuna.trial.TrialState.RUNNING)
+    engine = sa.create_engine(storage_url)
+    with engine.begin() as conn:  # it was claimed two minutes ago
+        conn.execute(sa.text("UPDATE trials SET datetime_start = :t WHERE trial_id = :id"),
+                     {"t": dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(minutes=2),
+                      "id": old})
+    engine.dispose()
+    assert storage._get_stale_trial_ids(study._study_id) == [old]
+    optuna.storages.fail_stale_trials(study)
+    states = [t.state for t in study.get_trials()]
+    assert states[:2] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.RUNNING]
+    assert states[2] == optuna.trial.TrialState.WAITING  # the retry callback queued a copy
+
+
+def test_transient_store_errors_are_told_apart_and_retried() -> None:
+    refused = sa.exc.OperationalError("SELECT 1", {}, Exception("connection refused"))
+    wrapped = optuna.exceptions.StorageInternalError("commit failed")
+    wrapped.__cause__ = refused
+    assert is_transient_store_error(refused) and is_transient_store_error(wrapped)
+    assert not is_transient_store_error(sa.exc.IntegrityError("INSERT", {}, Exception("dup")))
+    assert not is_transient_store_error(ValueError("bad"))
+
+    attempts = []
+
+    def flaky() -> str:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise wrapped
+        return "written"
+
+    assert retry_store(flaky, within_s=30, what="a test write") == "written"
+    assert len(attempts) == 3
+    with pytest.raises(ValueError):
+        retry_store(lambda: (_ for _ in ()).throw(ValueError("bad")), within_s=30, what="x")
+    attempts.clear()
+    with pytest.raises(optuna.exceptions.StorageInternalError):
+        retry_store(lambda: (attempts.append(1), (_ for _ in ()).throw(wrapped))[1], within_s=0.1,
+                    what="x")
+    assert len(attempts) == 1  # no time left for a second try
+
+
+def test_the_heartbeat_survives_a_store_outage(sqlite_url, monkeypatch) -> None:
+    storage = make_storage(sqlite_url, worker=True)
+    study = optuna.create_study(study_name="s", storage=storage)
+    study.enqueue_trial({})
+    (trial,) = study.get_trials()
+
+    def down(self, trial_id: int) -> None:
+        raise sa.exc.OperationalError("UPDATE", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "record_heartbeat", down)
+    storage.record_heartbeat(trial._trial_id)  # logged, not raised
+
+    def broken(self, trial_id: int) -> None:
+        raise sa.exc.IntegrityError("UPDATE", {}, Exception("a real bug"))
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "record_heartbeat", broken)
+    with pytest.raises(sa.exc.IntegrityError):
+        storage.record_heartbeat(trial._trial_id)
