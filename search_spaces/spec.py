@@ -11,14 +11,20 @@ from __future__ import annotations
 import json
 import math
 import re
+import types
+import typing
+import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -26,18 +32,87 @@ from pydantic import (
 
 from search_spaces.catalogue import DATASETS, LOSSES, METRICS, MODELS, PRUNERS, SAMPLERS
 
-NAME_PATTERN = re.compile(r"^\w[\w .:()+\-]*$")
 FILE_PATTERN = re.compile(r"^[\w\-][\w.\-]*\.npz$")
+
+NAME_MAX_LENGTH = 120
+NAME_SEPARATORS = frozenset(" .:()+-_")
+# Emoji are symbols ("So"), but a few emoji sequences also need the zero-width joiner
+# (U+200D, a format character) and the skin-tone modifiers (U+1F3FB-U+1F3FF, "Sk").
+_EMOJI_PARTS = frozenset(["\u200d", *map(chr, range(0x1F3FB, 0x1F400))])
+NAME_RULE = (
+    f"1 to {NAME_MAX_LENGTH} characters: letters, digits and combining marks of any script, emoji "
+    "and other pictographic symbols, and the separators space . : ( ) + - _ ; it starts with a "
+    "letter, digit, symbol or _ and does not end with a space. No path separators (/ \\), "
+    "quotes, semicolons, control or invisible formatting characters. Stored and returned exactly "
+    "as given (no Unicode normalisation)."
+)
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` is not a valid study name, or None when it is (see ``NAME_RULE``).
+
+    Study names are shown in the dashboard, logs and CSV file names, so besides letters of any
+    script they allow only characters that cannot be read as paths, quoting, SQL or terminal
+    control.
+    """
+    if not name:
+        return "must not be empty"
+    first = unicodedata.category(name[0])
+    if not (first[0] in "LN" or first == "So" or name[0] == "_"):
+        return f"must start with a letter, digit, symbol or _, not {name[0]!r}"
+    if name[-1].isspace():
+        return "must not end with whitespace"
+    for position, char in enumerate(name):
+        category = unicodedata.category(char)
+        if category[0] in "LMN" or category == "So" or char in NAME_SEPARATORS or char in _EMOJI_PARTS:
+            continue
+        return f"character {char!r} (U+{ord(char):04X}) at position {position} is not allowed"
+    return None
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """Refuse ``true``/``false`` where a number is expected (pydantic would read them as 1/0)."""
+        if isinstance(value, bool) and info.field_name is not None:
+            members = _type_members(cls.model_fields[info.field_name].annotation)
+            if bool not in members and members & {int, float}:
+                raise ValueError(f"must be a number, got {value!r}")
+        return value
+
+
+def _type_members(annotation: Any) -> set[Any]:
+    """The plain types of an annotation: ``int | None`` -> {int, NoneType}; Annotated unwrapped."""
+    if typing.get_origin(annotation) is Annotated:
+        return _type_members(typing.get_args(annotation)[0])
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return set().union(*(_type_members(a) for a in typing.get_args(annotation)))
+    return {annotation}
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(str(value))} characters)"
+
 
 def _known(kind: str, value: str, valid: Any) -> str:
     if value not in valid:
-        raise ValueError(f"unknown {kind} {value!r}; valid: {', '.join(sorted(valid))}")
+        raise ValueError(f"unknown {kind} {_short(value)}; valid: {', '.join(sorted(valid))}")
     return value
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {value!r}")
+    return value
+
+
+# A fixed value or one of a Distribution's choices: one error for NaN or infinity, not one
+# per member of the union.
+Scalar = Annotated[float | int | str | bool, BeforeValidator(_finite)]
 
 
 class Distribution(_Strict):
@@ -47,16 +122,13 @@ class Distribution(_Strict):
     high: float | None = None
     log: bool = False
     step: float | None = Field(default=None, gt=0)
-    choices: list[float | int | str | bool] | None = Field(default=None, min_length=1, max_length=100)
+    choices: list[Scalar] | None = Field(default=None, min_length=1, max_length=100)
 
     @model_validator(mode="after")
     def _shape(self) -> Distribution:
         if self.choices is not None:
             if self.low is not None or self.high is not None or self.log or self.step:
                 raise ValueError("give either choices or low/high, not both")
-            for c in self.choices:
-                if isinstance(c, float) and not math.isfinite(c):
-                    raise ValueError("choices must be finite")
             return self
         if self.low is None or self.high is None:
             raise ValueError("a range needs both low and high (or give choices)")
@@ -72,7 +144,18 @@ class Distribution(_Strict):
         return list(self.choices) if self.choices is not None else [self.low, self.high]
 
 
-Searchable = Distribution | float | int | str | bool
+def _searchable_kind(value: Any) -> str:
+    return "value" if isinstance(value, float | int | str | bool) else "range"
+
+
+# A fixed value or a Distribution. The discriminator sends a mapping to Distribution and a
+# scalar to the scalar types, so an error names the one that applies ("range" or "value")
+# instead of one error per member of the union.
+Searchable = Annotated[
+    Annotated[Distribution, Tag("range")]
+    | Annotated[Scalar, Tag("value")],
+    Discriminator(_searchable_kind),
+]
 
 
 class SearchSpace(_Strict):
@@ -189,7 +272,7 @@ class BudgetSpec(_Strict):
 
 
 class StudySpec(_Strict):
-    name: Annotated[str, Field(min_length=1, max_length=120)]
+    name: Annotated[str, Field(min_length=1, max_length=NAME_MAX_LENGTH, description=NAME_RULE)]
     dataset: DatasetSpec
     model: ModelSpec
     training: TrainingSpec = TrainingSpec()
@@ -203,10 +286,10 @@ class StudySpec(_Strict):
     @field_validator("name")
     @classmethod
     def _name_chars(cls, value: str) -> str:
-        if not NAME_PATTERN.match(value):
-            raise ValueError(
-                "use letters, digits, spaces and . : ( ) + - _ only, starting with a letter or digit"
-            )
+        problem = name_problem(value)
+        if problem:
+            raise ValueError(f"{problem}; use letters, digits, marks, emoji and space . : ( ) + - _ "
+                             "only, starting with a letter, digit or symbol")
         return value
 
     @field_validator("search_space", mode="before")

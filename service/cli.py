@@ -15,10 +15,12 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from importlib import resources
 from typing import Any
 
 import httpx
+from optuna.exceptions import ExperimentalWarning
 
 from search_spaces.store import DEFAULT_URL, StoreUnavailable
 
@@ -42,11 +44,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env(database_url=args.storage, host=args.host, port=args.port,
                                  artifacts_dir=args.artifacts_dir)
-    app = create_app(settings)
+    app = create_app(settings)  # opens the store (and creates its tables) once, before any worker
     print(f"tailtune API on http://{settings.host}:{settings.port}/api/v1 "
-          f"(docs /docs, dashboard /dashboard), store {settings.database_url}", flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level)
+          f"(docs /docs, dashboard /dashboard), store {settings.database_url}"
+          + (f", {args.workers} processes" if args.workers > 1 else ""), flush=True)
+    if args.workers == 1:
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level)
+        return 0
+    # Each process builds its own app from the environment (uvicorn imports the factory by
+    # name), so the settings resolved here are handed down through it.
+    app.state.storage.engine.dispose()
+    os.environ.update(_settings_env(settings))
+    uvicorn.run("service.app:create_app", factory=True, workers=args.workers, host=settings.host,
+                port=settings.port, log_level=args.log_level)
     return 0
+
+
+def _settings_env(settings: Any) -> dict[str, str]:
+    """``TAILTUNE_*`` variables from which ``Settings.from_env`` gives back ``settings``."""
+    from dataclasses import fields
+
+    out = {}
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        if value is not None:
+            out[f"TAILTUNE_{f.name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    return out
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
 
 
 def _resolve_device(device: str) -> str:
@@ -246,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=None, help="interface (env TAILTUNE_HOST; default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (env TAILTUNE_PORT; default 8000)")
     p.add_argument("--artifacts-dir", default=None, help="artifact files (default ./artifacts)")
+    p.add_argument("--workers", type=_positive, default=1,
+                   help="processes answering requests (default 1); more use more cores, each with "
+                        "its own connections to the store")
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=cmd_serve)
 
@@ -290,7 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark (--help)")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("reproduce", help="published defaults of every loss on a data set")
+    p = sub.add_parser("reproduce", help="published defaults of every loss on a data set "
+                       "(`tailtune reproduce --help` for its options)", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER, help="e.g. fashion-mnist-lt --ratio 100")
     p.set_defaults(func=cmd_reproduce)
     return parser
@@ -299,6 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("optuna").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per progress poll
+    warnings.filterwarnings("ignore", category=ExperimentalWarning)  # heartbeat, retry callback
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["reproduce"]:  # its options, --help included, belong to its own parser
+        return cmd_reproduce(argparse.Namespace(rest=argv[1:]))
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -9,7 +9,10 @@ mounted last at ``/`` and owns ``/dashboard``, ``/api/studies``, ``/api/trials``
 - signed in, with token auth: HTTP Basic with any user name and the API token as password,
   because its front end never sends bearer tokens;
 - per team: the study list is filtered to the caller's team, and every route that names a
-  study or a trial answers 404 for one of another team.
+  study or a trial answers 404 for one of another team;
+- 4xx, never 500, for what it would choke on: ids beyond Optuna's 32-bit columns, a
+  non-numeric ``after``; and an ASCII ``Content-Disposition`` for the CSV of a study whose
+  name is not ASCII (it would send the raw UTF-8 bytes in the header).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 from typing import Any
+from urllib.parse import parse_qsl, quote
 
 import sqlalchemy as sa
 from a2wsgi import WSGIMiddleware
@@ -29,7 +33,10 @@ from service.auth import LOCAL, principal_for, token_from_header
 from service.studies import Principal
 
 READ_METHODS = {"GET", "HEAD"}
-STUDY_PATH = re.compile(r"^/(?:api/studies|csv|artifacts)/(\d+)(?:/(\d+))?")
+# The study id, and a trial id where one follows (``/artifacts/<study>/<trial>/<artifact>``;
+# in ``/artifacts/<study>/<artifact>`` the artifact id may start with digits too).
+STUDY_PATH = re.compile(r"^/(?:api/studies|csv|artifacts)/([0-9]+)(?:/([0-9]+)(?=/))?")
+MAX_ID = 2**31 - 1  # Optuna's id columns are 32-bit; SQLite raises OverflowError beyond
 OPEN_PATHS = re.compile(r"^/(?:$|dashboard(?:/.*)?$|api/meta$|favicon\.ico$|static/)")
 
 
@@ -47,6 +54,8 @@ class DashboardGate:
         return principal_for(self.storage.engine, token) if token else None
 
     def _visible(self, study_id: int, who: Principal) -> bool:
+        if study_id > MAX_ID:
+            return False
         try:
             attrs = self.storage.get_study_user_attrs(study_id)
         except KeyError:
@@ -54,6 +63,8 @@ class DashboardGate:
         return ATTR_SPEC in attrs and attrs.get(ATTR_TEAM) == who.team
 
     def _trial_in_study(self, trial_id: int, study_id: int) -> bool:
+        if trial_id > MAX_ID:
+            return False
         with self.storage.engine.connect() as conn:
             found = conn.execute(sa.text("SELECT study_id FROM trials WHERE trial_id = :t"),
                                  {"t": trial_id}).scalar()
@@ -80,7 +91,11 @@ class DashboardGate:
                     path.startswith("/artifacts/") and trial_id is not None
                     and not self._trial_in_study(int(trial_id), study_id)):
                 return await _json(404, f"study {study_id} not found", scope, receive, send)
-            return await self.app(scope, receive, send)
+            query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+            if any(k == "after" and not (v.isascii() and v.isdigit()) for k, v in query):
+                return await _json(400, "query parameter 'after' must be a non-negative integer",
+                                   scope, receive, send)
+            return await self.app(scope, receive, _ascii_disposition(send))
         if OPEN_PATHS.match(path):
             return await self.app(scope, receive, send)
         return await _json(404, "not found", scope, receive, send)
@@ -109,6 +124,28 @@ class DashboardGate:
             await send({"type": "http.response.body", "body": data})
 
         return filtering_send
+
+
+def _ascii_disposition(send: Send) -> Send:
+    """Rewrite a non-ASCII ``Content-Disposition`` file name the RFC 6266 way: UTF-8 and
+    percent-encoded in ``filename*``, with an ASCII stand-in in ``filename``."""
+
+    async def rewriting_send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = []
+            for key, value in message.get("headers", []):
+                if key.lower() == b"content-disposition" and not value.isascii():
+                    kind, _, rest = value.decode("utf-8", "replace").partition(";")
+                    name = rest.strip().removeprefix("filename=").strip('"')
+                    fallback = "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_"
+                                       for c in name)
+                    value = (f'{kind.strip()}; filename="{fallback}"; '
+                             f"filename*=UTF-8''{quote(name, safe='')}").encode("ascii")
+                headers.append((key, value))
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return rewriting_send
 
 
 async def _json(status: int, detail: str, scope: Scope, receive: Receive, send: Send,

@@ -47,7 +47,7 @@ def fmt(value: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m worker.reproduce", description=__doc__,
+    ap = argparse.ArgumentParser(prog="tailtune reproduce", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dataset", choices=sorted(DATASETS))
     ap.add_argument("--ratio", type=float, default=100.0, help="imbalance ratio n_max / n_min")

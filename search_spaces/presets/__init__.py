@@ -21,7 +21,8 @@ def read_preset(name: str) -> dict[str, Any]:
     """The whole preset file: ``description`` and ``search_space``."""
     files = _files()
     if name not in files:
-        raise ValueError(f"unknown search-space preset {name!r}; valid: {', '.join(sorted(files))}")
+        shown = repr(name) if len(name) <= 60 else f"{name[:60]!r}... ({len(name)} characters)"
+        raise ValueError(f"unknown search-space preset {shown}; valid: {', '.join(sorted(files))}")
     return yaml.safe_load(files[name].read_text(encoding="utf-8"))
 
 

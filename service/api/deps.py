@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from optuna.storages import RDBStorage
 
 from service.auth import LOCAL, principal_for, token_from_header
@@ -37,7 +37,13 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 CurrentUser = Annotated[Principal, Depends(current_user)]
 
 
-def study_of(study_id: int, storage: StorageDep, who: CurrentUser) -> StudyView:
+# Study ids and trial numbers are 32-bit integers in Optuna's tables; a larger one would make
+# SQLite raise OverflowError (a 500) instead of finding nothing.
+MAX_ID = 2**31 - 1
+
+
+def study_of(study_id: Annotated[int, Path(ge=1, le=MAX_ID, description="the study's id")],
+             storage: StorageDep, who: CurrentUser) -> StudyView:
     return get_study(storage, study_id, who)
 
 

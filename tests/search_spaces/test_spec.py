@@ -85,6 +85,48 @@ def test_unicode_names_are_accepted() -> None:
     assert parse_spec(tiny_spec(name="長尾 étude (v2)")).name == "長尾 étude (v2)"
 
 
+@pytest.mark.parametrize("name", [
+    "études-不平衡-🙂", "Ελληνικά", "تجربة", "e\u0301tude", "हिन्दी", "👩\u200d🔬 👍🏽", "_private", "a..b",
+    "x" * 120,
+])
+def test_names_allow_letters_marks_and_emoji_of_any_script_unchanged(name: str) -> None:
+    assert parse_spec(tiny_spec(name=name)).name == name
+
+
+@pytest.mark.parametrize(("name", "needle"), [
+    ("a/b", "U+002F"), ("a\\b", "U+005C"), ("..", "must start with"), ("a'b", "U+0027"),
+    ("a;b", "U+003B"), ("a\x00b", "U+0000"), ("a\nb", "U+000A"), ("a\u202eb", "U+202E"),
+    (" a", "must start with"), ("a ", "end with whitespace"), ("\u0301a", "must start with"),
+    ("x" * 121, "at most 120 characters"),
+])
+def test_names_refuse_separators_quotes_controls_and_edge_whitespace(name: str, needle: str) -> None:
+    assert any(loc == "name" and needle in msg for loc, msg in errors_of(tiny_spec(name=name)))
+
+
+def test_the_name_rule_is_in_the_schema() -> None:
+    from search_spaces.spec import NAME_RULE, StudySpec
+
+    assert StudySpec.model_json_schema()["properties"]["name"]["description"] == NAME_RULE
+
+
+@pytest.mark.parametrize(("path", "field"), [
+    (("budget", "n_trials"), "budget.n_trials"), (("training", "lr"), "training.lr"),
+    (("dataset", "imbalance_ratio"), "dataset.imbalance_ratio"),
+])
+def test_booleans_are_not_numbers(path: tuple[str, str], field: str) -> None:
+    data = tiny_spec()
+    data[path[0]][path[1]] = True
+    assert any(loc == field and "must be a number" in msg for loc, msg in errors_of(data))
+
+
+def test_errors_name_the_kind_of_searched_value() -> None:
+    data = tiny_spec()
+    data["search_space"]["lr"] = {"low": math.nan, "high": 0.1}
+    assert errors_of(data) == [("search_space.lr.range.low", "Input should be a finite number")]
+    data["search_space"]["lr"] = math.inf
+    assert errors_of(data) == [("search_space.lr.value", "Value error, must be a finite number, got inf")]
+
+
 def test_grid_sampler_needs_choices() -> None:
     data = tiny_spec(sampler={"name": "grid"})
     assert any("grid sampler needs 'choices'" in msg for _, msg in errors_of(data))

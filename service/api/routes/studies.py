@@ -13,15 +13,22 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 from optuna.trial import TrialState
 
+from search_spaces.catalogue import LOSSES
 from search_spaces.spec import StudySpec
+from search_spaces.store import StudyState
 from service import studies as svc
-from service.api.deps import CurrentUser, SettingsDep, StorageDep, StudyDep
+from service.api.deps import MAX_ID, CurrentUser, SettingsDep, StorageDep, StudyDep
+from service.api.json_body import JSONBodyRoute
 from service.errors import ApiError, not_found
 from service.report import study_report
 
-router = APIRouter(prefix="/studies", tags=["studies"])
+router = APIRouter(prefix="/studies", tags=["studies"], route_class=JSONBodyRoute)
 
 TrialStateName = Literal["waiting", "running", "complete", "pruned", "fail"]
+# A filter naming a loss outside the catalogue is refused with the valid names, not answered
+# with an empty page.
+LossName = Literal[tuple(LOSSES)]  # type: ignore[valid-type]
+TrialNumber = Annotated[int, PathParam(ge=0, le=MAX_ID, description="the trial's number in its study")]
 
 
 @router.post("", status_code=201)
@@ -36,22 +43,22 @@ def submit_study(spec: StudySpec, storage: StorageDep, who: CurrentUser,
 
 @router.get("")
 def list_studies(storage: StorageDep, who: CurrentUser,
-                 state: Annotated[str | None, Query(max_length=20)] = None) -> list[dict[str, Any]]:
+                 state: StudyState | None = None) -> list[dict[str, Any]]:
     views = svc.list_studies(storage, who)
     if state is not None:
-        views = [v for v in views if v.state.value == state]
-    return [svc.study_dict(v, svc.best_trial(storage, v)) for v in views]
+        views = [v for v in views if v.state == state]
+    return [svc.study_dict(v, svc.best_of(storage, v)) for v in views]
 
 
 @router.get("/{study_id}")
 def get_study(view: StudyDep, storage: StorageDep) -> dict[str, Any]:
-    return svc.study_dict(view, svc.best_trial(storage, view), detail=True)
+    return svc.study_dict(view, svc.best_of(storage, view), detail=True)
 
 
 @router.post("/{study_id}/cancel")
 def cancel_study(view: StudyDep, storage: StorageDep, who: CurrentUser) -> dict[str, Any]:
     svc.cancel_study(storage, view, who)
-    return svc.study_dict(svc.get_study(storage, view.id, who), svc.best_trial(storage, view))
+    return svc.study_dict(svc.get_study(storage, view.id, who), svc.best_of(storage, view))
 
 
 @router.delete("/{study_id}", status_code=204)
@@ -76,13 +83,13 @@ def list_trials(
     view: StudyDep,
     storage: StorageDep,
     state: TrialStateName | None = None,
-    loss: Annotated[str | None, Query(max_length=40)] = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    loss: LossName | None = None,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> dict[str, Any]:
-    trials, retried = _trials(storage, view, state, loss)
-    page = trials[offset:offset + limit]
-    return {"total": len(trials), "offset": offset, "limit": limit,
+    total, page, retried = svc.trial_page(storage, view, TrialState[state.upper()] if state else None,
+                                          loss, offset, limit)
+    return {"total": total, "offset": offset, "limit": limit,
             "items": [svc.trial_dict(t, retried) for t in page]}
 
 
@@ -106,15 +113,11 @@ def export_trials(view: StudyDep, storage: StorageDep,
 
 
 def _trial(storage: StorageDep, view: svc.StudyView, number: int) -> Any:
-    trials = storage.get_all_trials(view.id, deepcopy=False)
-    for t in trials:
-        if t.number == number:
-            return t, svc.retried_numbers(trials)
-    raise not_found(f"trial {number} of study {view.id}")
+    return svc.trial_by_number(storage, view, number)
 
 
 @router.get("/{study_id}/trials/{number}")
-def get_trial(view: StudyDep, storage: StorageDep, number: int) -> dict[str, Any]:
+def get_trial(view: StudyDep, storage: StorageDep, number: TrialNumber) -> dict[str, Any]:
     t, retried = _trial(storage, view, number)
     out = svc.trial_dict(t, retried, detail=True)
     out["artifacts"] = _artifacts(storage, view.id, t)
@@ -130,7 +133,7 @@ def _artifacts(storage: StorageDep, study_id: int, t: Any) -> list[dict[str, Any
 
 
 @router.get("/{study_id}/trials/{number}/artifacts/{artifact_id}")
-def get_artifact(view: StudyDep, storage: StorageDep, settings: SettingsDep, number: int,
+def get_artifact(view: StudyDep, storage: StorageDep, settings: SettingsDep, number: TrialNumber,
                  artifact_id: Annotated[str, PathParam(pattern=r"^[0-9a-f\-]{1,64}$")]) -> FileResponse:
     t, _ = _trial(storage, view, number)
     meta = {a["id"]: a for a in _artifacts(storage, view.id, t)}

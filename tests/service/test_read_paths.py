@@ -1,0 +1,152 @@
+"""The read routes answer from Optuna's tables directly (a page of trials, the best trial, one
+trial by number); these tests hold them to what Optuna's own storage API gives, over SQLite and
+PostgreSQL."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from search_spaces import make_storage
+from service import studies as svc
+from tests.conftest import tiny_spec
+
+
+@pytest.fixture
+def client(storage_url, make_client):
+    return make_client(storage_url)
+
+
+LOSS = CategoricalDistribution(["ce", "weighted_ce"])
+POWER = FloatDistribution(0.0, 1.0)
+
+
+def _finish(study: optuna.Study, loss: str, value: float | None,
+            state: TrialState = TrialState.COMPLETE) -> int:
+    """Claim the next queued trial, give it ``loss`` (and a power), end it."""
+    t = study.ask()
+    study._storage.set_trial_param(t._trial_id, "loss", LOSS.to_internal_repr(loss), LOSS)
+    if loss == "weighted_ce":
+        study._storage.set_trial_param(t._trial_id, "weighted_ce.power", 0.1 * t.number, POWER)
+    # What a worker writes, among it what a trial page shows and what only one trial shows.
+    for key, attr in (("val_balanced_accuracy", value), ("worker", "node:1"), ("device", "cpu"),
+                      ("loss_params", {"power": 0.5}), ("test_per_class_accuracy", [0.5, None]),
+                      ("val_confusion", [[3, 1], [0, 2]]), ("wall_time_s", 1.5)):
+        t.set_user_attr(key, attr)
+    t.report(0.25, 0)
+    study.tell(t, value if state == TrialState.COMPLETE else None, state=state)
+    return t.number
+
+
+@pytest.fixture
+def study_with_history(client, storage_url) -> tuple[int, optuna.Study]:
+    """Trials 0-2 complete (1 and 2 tie for best), 3 failed and retried as 6 (a copy, with its
+    parameters), 4-6 queued."""
+    sid = client.post("/api/v1/studies", json=tiny_spec(n_trials=6)).json()["id"]
+    study = optuna.load_study(study_name="tiny", storage=make_storage(storage_url))
+    _finish(study, "ce", 0.5)
+    _finish(study, "weighted_ce", 0.9)
+    _finish(study, "weighted_ce", 0.9)
+    failed = _finish(study, "ce", None, TrialState.FAIL)
+    RetryHeartbeatStaleTrialCallback(max_retry=3)(study, study.trials[failed])
+    return sid, study
+
+
+def _expected_items(study: optuna.Study) -> list[dict]:
+    """What the routes answered when they read every trial through Optuna."""
+    trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+    retried = svc.retried_numbers(trials)
+    return [svc.trial_dict(t, retried) for t in trials]
+
+
+def test_pages_match_every_trial_read_through_optuna(client, study_with_history) -> None:
+    sid, study = study_with_history
+    everything = _expected_items(study)
+    assert [t["number"] for t in everything] == list(range(7))
+    full = client.get(f"/api/v1/studies/{sid}/trials").json()
+    assert full["total"] == 7 and full["items"] == everything
+    page = client.get(f"/api/v1/studies/{sid}/trials", params={"offset": 2, "limit": 3}).json()
+    assert page["total"] == 7 and page["items"] == everything[2:5]
+    beyond = client.get(f"/api/v1/studies/{sid}/trials", params={"offset": 50}).json()
+    assert beyond["total"] == 7 and beyond["items"] == []
+    assert "retried as trial 6" in everything[3]["fail_reason"] and everything[6]["retry_of"] == 3
+
+
+@pytest.mark.parametrize(("query", "numbers"), [
+    ({"state": "complete"}, [0, 1, 2]),
+    ({"state": "waiting"}, [4, 5, 6]),
+    ({"state": "fail"}, [3]),
+    ({"loss": "weighted_ce"}, [1, 2]),
+    ({"loss": "ce"}, [0, 3, 6]),
+    ({"loss": "focal"}, []),
+    ({"state": "complete", "loss": "ce", "limit": 1}, [0]),
+])
+def test_filters(client, study_with_history, query, numbers) -> None:
+    sid, study = study_with_history
+    by_number = {t["number"]: t for t in _expected_items(study)}
+    r = client.get(f"/api/v1/studies/{sid}/trials", params=query).json()
+    assert [t["number"] for t in r["items"]] == numbers
+    assert r["items"] == [by_number[n] for n in numbers]
+
+
+def test_one_trial_by_number(client, study_with_history) -> None:
+    sid, _ = study_with_history
+    t = client.get(f"/api/v1/studies/{sid}/trials/3").json()
+    assert t["state"] == "fail" and "retried as trial 6" in t["fail_reason"]
+    assert client.get(f"/api/v1/studies/{sid}/trials/6").json()["retry_of"] == 3
+    assert client.get(f"/api/v1/studies/{sid}/trials/99").status_code == 404
+
+
+def test_every_route_names_the_same_best_trial(client, study_with_history) -> None:
+    sid, study = study_with_history
+    summary = client.get(f"/api/v1/studies/{sid}").json()["best_trial"]
+    listed = client.get("/api/v1/studies").json()[0]["best_trial"]
+    best = client.get(f"/api/v1/studies/{sid}/best").json()
+    assert summary == listed
+    assert summary["number"] == best["number"] == 1  # 1 and 2 tie: the earliest
+    assert summary["value"] == best["value"] == 0.9
+    assert summary["params"] == best["params"] == {"loss": "weighted_ce", "weighted_ce.power": 0.1}
+
+
+def test_best_trial_when_minimising_and_with_infinities(client, storage_url) -> None:
+    spec = tiny_spec(name="low", n_trials=4, objective={"metric": "val_accuracy", "direction": "minimize"})
+    sid = client.post("/api/v1/studies", json=spec).json()["id"]
+    study = optuna.load_study(study_name="low", storage=make_storage(storage_url))
+    _finish(study, "ce", 0.7)
+    _finish(study, "ce", 0.3)
+    _finish(study, "ce", math.inf)
+    assert client.get(f"/api/v1/studies/{sid}").json()["best_trial"]["number"] == 1
+    _finish(study, "weighted_ce", -math.inf)
+    best = client.get(f"/api/v1/studies/{sid}").json()["best_trial"]
+    assert best["number"] == 3 and best["value"] is None  # -inf, shown as null
+    assert client.get(f"/api/v1/studies/{sid}/best").json()["number"] == 3
+
+
+def test_no_best_trial_before_one_completes(client) -> None:
+    sid = client.post("/api/v1/studies", json=tiny_spec()).json()["id"]
+    assert client.get(f"/api/v1/studies/{sid}").json()["best_trial"] is None
+    assert client.get(f"/api/v1/studies/{sid}/best").status_code == 404
+
+
+def test_trials_load_as_optuna_builds_them(client, study_with_history, storage_url) -> None:
+    _, study = study_with_history
+    t = study.ask()
+    t.report(math.inf, 0)
+    t.report(-math.inf, 1)
+    study.tell(t, math.inf)
+    storage = make_storage(storage_url)
+    expected = storage.get_all_trials(study._study_id)
+    ids = [x._trial_id for x in expected]
+    assert svc.load_trials(storage, ids) == expected
+    assert svc.load_trials(storage, ids[2:4]) == expected[2:4]
+    assert svc.load_trials(storage, []) == []
+    light = svc.load_trials(storage, ids, steps=False, user_keys=svc.LIST_ATTRS)
+    assert [x.intermediate_values for x in light] == [{}] * len(ids)
+    assert [x.user_attrs for x in light] == [
+        {k: v for k, v in x.user_attrs.items() if k in svc.LIST_ATTRS} for x in expected]
+    assert "val_confusion" in expected[0].user_attrs and "val_confusion" not in light[0].user_attrs
