@@ -820,10 +820,11 @@ def main(argv: list[str] | None = None) -> int:
         print("tailtune bench service: counts and --duration must be positive", file=sys.stderr)
         return 2
     baselines = parse_spec(study_body("probe", 10_000)).n_baselines()
-    if args.submission_trials < baselines:
-        print(f"tailtune bench service: --submission-trials must be at least {baselines} "
-              "(the baseline trials)", file=sys.stderr)
-        return 2
+    for flag, value in (("--trials", args.trials), ("--submission-trials", args.submission_trials)):
+        if value < baselines:
+            print(f"tailtune bench service: {flag} must be at least {baselines} (the baseline "
+                  "trials)", file=sys.stderr)
+            return 2
     command = "tailtune bench service " + " ".join(argv)
     _quiet()
     with contextlib.ExitStack() as stack:

@@ -18,7 +18,7 @@ from typing import Any
 
 import optuna
 import sqlalchemy as sa
-from optuna.distributions import json_to_distribution
+from optuna.distributions import BaseDistribution, json_to_distribution
 from optuna.storages import RDBStorage
 from optuna.storages._rdb import models as optuna_models
 from optuna.study import StudyDirection
@@ -36,6 +36,7 @@ from search_spaces.store import (
     ATTR_WORKER,
     StudyState,
     TrialCounts,
+    connected,
     study_state,
     trial_counts,
 )
@@ -136,16 +137,17 @@ def _direction_of(stored: Any) -> StudyDirection:
 def get_study(storage: RDBStorage, study_id: int, who: Principal) -> StudyView:
     """The study if ``who`` may read it; 404 otherwise (not 403: no one learns it exists).
 
-    Name, direction and user attributes in one query, the trial counts in a second.
+    Name, direction and user attributes in one query, the trial counts in a second, on
+    one connection.
     """
     with storage.engine.connect() as conn:
         rows = conn.execute(_STUDY_ROWS, {"id": study_id}).all()
-    if not rows:
-        raise not_found(f"study {study_id}")
-    attrs = {key: json.loads(value) for _, _, key, value in rows if key is not None}
-    if not _visible(attrs, who):
-        raise not_found(f"study {study_id}")
-    counts = trial_counts(storage, [study_id]).get(study_id, TrialCounts())
+        if not rows:
+            raise not_found(f"study {study_id}")
+        attrs = {key: json.loads(value) for _, _, key, value in rows if key is not None}
+        if not _visible(attrs, who):
+            raise not_found(f"study {study_id}")
+        counts = trial_counts(storage, [study_id], conn=conn).get(study_id, TrialCounts())
     return StudyView(study_id, rows[0][0], attrs, counts, _direction_of(rows[0][1]))
 
 
@@ -260,38 +262,67 @@ class BestTrial:
     params: dict[str, Any]
 
 
+@functools.lru_cache(maxsize=1024)
+def _distribution(stored: str) -> BaseDistribution:
+    """A parameter's distribution from its stored JSON; a study's trials share a few texts."""
+    return json_to_distribution(stored)
+
+
 # Optuna's order for the best trial (``TrialModel.find_max_value_trial_id``): infinities by
 # their sign, then the value; ties go to the earliest trial, so every route names the same one.
-_BEST = ("SELECT t.trial_id, t.number, v.value, v.value_type FROM trials t "
+# Ranked per study, so that one query answers for a whole list of studies.
+_BEST = ("SELECT trial_id, study_id, number, value, value_type FROM ("
+         "SELECT t.trial_id, t.study_id, t.number, v.value, v.value_type, ROW_NUMBER() OVER ("
+         "PARTITION BY t.study_id ORDER BY "
+         "CASE v.value_type WHEN 'INF_NEG' THEN -1 WHEN 'FINITE' THEN 0 ELSE 1 END {order}, "
+         "v.value {order}, t.number) AS pos FROM trials t "
          "JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 "
-         "WHERE t.study_id = :id AND t.state = 'COMPLETE' "
-         "ORDER BY CASE v.value_type WHEN 'INF_NEG' THEN -1 WHEN 'FINITE' THEN 0 ELSE 1 END {order}, "
-         "v.value {order}, t.number LIMIT 1")
-_BEST_MAX = sa.text(_BEST.format(order="DESC"))
-_BEST_MIN = sa.text(_BEST.format(order="ASC"))
-_PARAMS = sa.text("SELECT param_name, param_value, distribution_json FROM trial_params "
-                  "WHERE trial_id = :id ORDER BY param_id")
+         "WHERE t.study_id IN :ids AND t.state = 'COMPLETE') ranked WHERE pos = 1")
+_BEST_BY_DIRECTION = {
+    StudyDirection.MAXIMIZE: sa.text(_BEST.format(order="DESC")).bindparams(
+        sa.bindparam("ids", expanding=True)),
+    StudyDirection.MINIMIZE: sa.text(_BEST.format(order="ASC")).bindparams(
+        sa.bindparam("ids", expanding=True)),
+}
+_PARAMS_OF = sa.text("SELECT trial_id, param_name, param_value, distribution_json FROM trial_params "
+                     "WHERE trial_id IN :ids ORDER BY param_id").bindparams(
+    sa.bindparam("ids", expanding=True))
 _STORED_INF = {"INF_POS": math.inf, "INF_NEG": -math.inf}
 
 
-def _best_row(conn: sa.Connection, view: StudyView) -> Any:
-    query = _BEST_MAX if view.direction == StudyDirection.MAXIMIZE else _BEST_MIN
-    return conn.execute(query, {"id": view.id}).first()
+def best_of_each(storage: RDBStorage, views: list[StudyView], *,
+                 conn: sa.Connection | None = None) -> dict[int, BestTrial]:
+    """Study id -> number, value and parameters of its best trial, for the studies that have
+    a completed trial: one query per direction and one for the parameters, on one connection
+    (a list of 200 studies is not 400 round trips)."""
+    by_direction: dict[StudyDirection, list[int]] = defaultdict(list)
+    for view in views:
+        if view.counts.complete:
+            direction = view.direction if view.direction == StudyDirection.MAXIMIZE \
+                else StudyDirection.MINIMIZE
+            by_direction[direction].append(view.id)
+    if not by_direction:
+        return {}
+    params: dict[int, dict[str, Any]] = defaultdict(dict)
+    with connected(storage, conn) as db:
+        rows = [row for direction, ids in by_direction.items()
+                for row in db.execute(_BEST_BY_DIRECTION[direction], {"ids": ids})]
+        if rows:
+            for trial_id, name, value, dist in db.execute(
+                    _PARAMS_OF, {"ids": [row.trial_id for row in rows]}):
+                params[trial_id][name] = _distribution(dist).to_external_repr(value)
+    out = {}
+    for row in rows:
+        kind = getattr(row.value_type, "name", str(row.value_type))
+        out[row.study_id] = BestTrial(row.trial_id, row.number, _STORED_INF.get(kind, row.value),
+                                      params[row.trial_id])
+    return out
 
 
-def best_of(storage: RDBStorage, view: StudyView) -> BestTrial | None:
-    """Number, value and parameters of the best trial, in two queries on one connection."""
-    if view.counts.complete == 0:
-        return None
-    with storage.engine.connect() as conn:
-        row = _best_row(conn, view)
-        if row is None:
-            return None
-        params = {name: json_to_distribution(dist).to_external_repr(value)
-                  for name, value, dist in conn.execute(_PARAMS, {"id": row.trial_id})}
-    kind = getattr(row.value_type, "name", str(row.value_type))
-    value = _STORED_INF.get(kind, row.value)
-    return BestTrial(row.trial_id, row.number, value, params)
+def best_of(storage: RDBStorage, view: StudyView, *,
+            conn: sa.Connection | None = None) -> BestTrial | None:
+    """Number, value and parameters of the study's best trial; None before one completes."""
+    return best_of_each(storage, [view], conn=conn).get(view.id)
 
 
 def best_trial(storage: RDBStorage, view: StudyView) -> FrozenTrial | None:
@@ -299,8 +330,8 @@ def best_trial(storage: RDBStorage, view: StudyView) -> FrozenTrial | None:
     if view.counts.complete == 0:
         return None
     with storage.engine.connect() as conn:
-        row = _best_row(conn, view)
-    found = [] if row is None else load_trials(storage, [row.trial_id])
+        best = best_of(storage, view, conn=conn)
+        found = [] if best is None else load_trials(storage, [best.trial_id], conn=conn)
     return found[0] if found else None  # none, or deleted in between
 
 
@@ -331,7 +362,8 @@ def _local(utc: dt.datetime | None) -> dt.datetime | None:
 
 
 def load_trials(storage: RDBStorage, trial_ids: list[int], *, steps: bool = True,
-                user_keys: Collection[str] | None = None) -> list[FrozenTrial]:
+                user_keys: Collection[str] | None = None,
+                conn: sa.Connection | None = None) -> list[FrozenTrial]:
     """These trials, in trial order, as Optuna's storage builds them (a test holds them equal).
 
     Read column by column, six queries on one connection: Optuna's own loader makes an ORM
@@ -344,8 +376,8 @@ def load_trials(storage: RDBStorage, trial_ids: list[int], *, steps: bool = True
     m = optuna_models
     ids = list(trial_ids)
     children: dict[str, dict[int, list[Any]]] = {}
-    with storage.engine.connect() as conn:
-        heads = conn.execute(sa.select(
+    with connected(storage, conn) as db:
+        heads = db.execute(sa.select(
             m.TrialModel.trial_id, m.TrialModel.number, m.TrialModel.state,
             m.TrialModel._datetime_start_utc, m.TrialModel._datetime_complete_utc,
         ).where(m.TrialModel.trial_id.in_(ids)).order_by(m.TrialModel.trial_id)).all()
@@ -365,7 +397,7 @@ def load_trials(storage: RDBStorage, trial_ids: list[int], *, steps: bool = True
                 .where(model.trial_id.in_(ids)).order_by(getattr(model, order))
             if name == "user" and user_keys is not None:
                 query = query.where(model.key.in_(sorted(user_keys)))
-            for row in conn.execute(query).all():
+            for row in db.execute(query).all():
                 grouped[row[0]].append(row[1:])
     return [_frozen(head, {name: rows.get(head.trial_id, []) for name, rows in children.items()})
             for head in heads]
@@ -378,7 +410,7 @@ def _frozen(head: Any, rows: dict[str, list[Any]]) -> FrozenTrial:
         values = [0.0] * len(rows["values"])
         for objective, value, kind in rows["values"]:
             values[objective] = m.TrialValueModel.stored_repr_to_value(value, kind)
-    dists = {name: json_to_distribution(dist) for name, _, dist in rows["params"]}
+    dists = {name: _distribution(dist) for name, _, dist in rows["params"]}
     return FrozenTrial(
         number=head.number, state=head.state, value=None, values=values,
         datetime_start=_local(head.datetime_start), datetime_complete=_local(head.datetime_complete),
@@ -400,18 +432,26 @@ def trial_page(storage: RDBStorage, view: StudyView, state: TrialState | None, l
     Only the page's trials are loaded whole; Optuna's ``get_all_trials`` would read every
     trial with every attribute, seconds at a few thousand trials.
     """
-    query = "SELECT trial_id FROM trials WHERE study_id = :id"
+    where = "WHERE study_id = :id"
     if state is not None:
-        query += f" AND state = '{state.name}'"  # a TrialState name, never user text
+        where += f" AND state = '{state.name}'"  # a TrialState name, never user text
+    args = {"id": view.id}
     with storage.engine.connect() as conn:
-        ids = conn.execute(sa.text(query + " ORDER BY trial_id"), {"id": view.id}).scalars().all()
-        if loss is not None:
-            of_loss = {trial_id for trial_id, value, dist in conn.execute(_LOSS_PARAMS, {"id": view.id})
-                       if json_to_distribution(dist).to_external_repr(value) == loss}
-            ids = [i for i in ids if i in of_loss]
+        if loss is None:
+            total = conn.execute(sa.text(f"SELECT COUNT(*) FROM trials {where}"), args).scalar_one()
+            ids = conn.execute(sa.text(f"SELECT trial_id FROM trials {where} ORDER BY trial_id "
+                                       "LIMIT :limit OFFSET :offset"),
+                               {**args, "limit": limit, "offset": offset}).scalars().all()
+        else:
+            of_loss = {trial_id for trial_id, value, dist in conn.execute(_LOSS_PARAMS, args)
+                       if _distribution(dist).to_external_repr(value) == loss}
+            every = conn.execute(sa.text(f"SELECT trial_id FROM trials {where} ORDER BY trial_id"),
+                                 args).scalars().all()
+            matching = [i for i in every if i in of_loss]
+            total, ids = len(matching), matching[offset:offset + limit]
         retried = _retried(conn, view.id)
-    page = load_trials(storage, list(ids[offset:offset + limit]), steps=False, user_keys=LIST_ATTRS)
-    return len(ids), page, retried
+        page = load_trials(storage, list(ids), steps=False, user_keys=LIST_ATTRS, conn=conn)
+    return total, page, retried
 
 
 def trial_by_number(storage: RDBStorage, view: StudyView,
@@ -422,7 +462,7 @@ def trial_by_number(storage: RDBStorage, view: StudyView,
         if trial_id is None:
             raise not_found(f"trial {number} of study {view.id}")
         retried = _retried(conn, view.id)
-    found = load_trials(storage, [trial_id])
+        found = load_trials(storage, [trial_id], conn=conn)
     if not found:  # deleted in between
         raise not_found(f"trial {number} of study {view.id}")
     return found[0], retried

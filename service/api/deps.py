@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
+from fastapi.concurrency import run_in_threadpool
 from optuna.storages import RDBStorage
 
 from service.auth import LOCAL, principal_for, token_from_header
@@ -12,21 +13,24 @@ from service.errors import ApiError
 from service.settings import Settings
 from service.studies import Principal, StudyView, get_study
 
+# The dependencies that touch no database are ``async``: FastAPI would run a plain ``def``
+# dependency on a worker thread, a hop these do not need.
 
-def get_storage(request: Request) -> RDBStorage:
+async def get_storage(request: Request) -> RDBStorage:
     return request.app.state.storage
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def current_user(request: Request) -> Principal:
+async def current_user(request: Request) -> Principal:
     settings: Settings = request.app.state.settings
     if settings.auth == "none":
         return LOCAL
     token = token_from_header(request.headers.get("authorization"))
-    who = principal_for(request.app.state.storage.engine, token) if token else None
+    who = await run_in_threadpool(principal_for, request.app.state.storage.engine, token) \
+        if token else None
     if who is None:
         raise ApiError(401, "a valid API token is required (Authorization: Bearer <token>)")
     return who

@@ -75,7 +75,7 @@ def test_help_names_every_option(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.mark.parametrize("argv", [["--workers", "0"], ["--workers", "1,x"], ["--duration", "0"],
-                                  ["--submission-trials", "3"]])
+                                  ["--submission-trials", "3"], ["--trials", "10"]])
 def test_bad_options_are_refused_before_anything_runs(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         rc = benchmark.main(argv)

@@ -92,6 +92,7 @@ def test_filters(client, study_with_history, query, numbers) -> None:
     r = client.get(f"/api/v1/studies/{sid}/trials", params=query).json()
     assert [t["number"] for t in r["items"]] == numbers
     assert r["items"] == [by_number[n] for n in numbers]
+    assert r["total"] == len(numbers)
 
 
 def test_one_trial_by_number(client, study_with_history) -> None:
@@ -150,3 +151,29 @@ def test_trials_load_as_optuna_builds_them(client, study_with_history, storage_u
     assert [x.user_attrs for x in light] == [
         {k: v for k, v in x.user_attrs.items() if k in svc.LIST_ATTRS} for x in expected]
     assert "val_confusion" in expected[0].user_attrs and "val_confusion" not in light[0].user_attrs
+
+
+def test_the_study_list_names_each_studys_own_best_trial(client, storage_url) -> None:
+    """The list ranks every study's trials in one query per direction: each study gets the
+    trial Optuna calls its best, a study without a completed trial gets none."""
+    storage = make_storage(storage_url)
+    low = tiny_spec(name="low", n_trials=3, objective={"metric": "val_accuracy", "direction": "minimize"})
+    ids = {name: client.post("/api/v1/studies", json=spec).json()["id"]
+           for name, spec in (("high", tiny_spec(name="high", n_trials=3)), ("low", low),
+                              ("none-yet", tiny_spec(name="none-yet", n_trials=2)))}
+    high = optuna.load_study(study_name="high", storage=storage)
+    _finish(high, "ce", 0.4)
+    _finish(high, "weighted_ce", math.inf)
+    _finish(high, "ce", 0.8)
+    low_study = optuna.load_study(study_name="low", storage=storage)
+    _finish(low_study, "ce", 0.4)
+    _finish(low_study, "weighted_ce", 0.2)
+    _finish(low_study, "ce", 0.2)
+
+    listed = {s["name"]: s["best_trial"] for s in client.get("/api/v1/studies").json()}
+    assert listed["none-yet"] is None
+    assert listed["high"]["number"] == high.best_trial.number == 1  # +inf beats 0.8
+    assert listed["low"]["number"] == low_study.best_trial.number == 1  # ties: the earliest
+    assert listed["low"]["params"] == {"loss": "weighted_ce", "weighted_ce.power": 0.1}
+    for name in ("high", "low"):
+        assert listed[name] == client.get(f"/api/v1/studies/{ids[name]}").json()["best_trial"]

@@ -47,7 +47,8 @@ def list_studies(storage: StorageDep, who: CurrentUser,
     views = svc.list_studies(storage, who)
     if state is not None:
         views = [v for v in views if v.state == state]
-    return [svc.study_dict(v, svc.best_of(storage, v)) for v in views]
+    best = svc.best_of_each(storage, views)
+    return [svc.study_dict(v, best.get(v.id)) for v in views]
 
 
 @router.get("/{study_id}")
