@@ -41,6 +41,7 @@ from search_spaces.store import (
     trial_counts,
 )
 from service.errors import ApiError, conflict, not_found
+from service.trial_cache import FinishedTrials, finished_trials
 
 
 @dataclass(frozen=True)
@@ -106,32 +107,42 @@ def _parse_stored_spec(text: str) -> StudySpec:
     return parse_spec(json.loads(text))
 
 
-def _visible(user_attrs: dict[str, Any], who: Principal) -> bool:
-    return ATTR_SPEC in user_attrs and user_attrs.get(ATTR_TEAM) == who.team
-
-
-def list_studies(storage: RDBStorage, who: Principal) -> list[StudyView]:
-    frozen = [s for s in storage.get_all_studies() if _visible(s.user_attrs, who)]
-    counts = trial_counts(storage, [s._study_id for s in frozen])
-    return [StudyView(s._study_id, s.study_name, s.user_attrs, counts.get(s._study_id, TrialCounts()),
-                      s.direction) for s in frozen]
-
-
 # Reads below go to Optuna's tables directly where its storage API would take many queries
 # (one session per call, each with a connection check) or load every trial of a study with
 # all its attributes: under concurrent readers those round trips, not the SQL, were the cost.
 
-_STUDY_ROWS = sa.text(
-    "SELECT s.study_name, d.direction, a.key, a.value_json FROM studies s "
+_STUDY_COLUMNS = (
+    "SELECT s.study_id, s.study_name, d.direction, a.key, a.value_json FROM studies s "
     "LEFT JOIN study_directions d ON d.study_id = s.study_id AND d.objective = 0 "
-    "LEFT JOIN study_user_attributes a ON a.study_id = s.study_id "
-    "WHERE s.study_id = :id")
+    "LEFT JOIN study_user_attributes a ON a.study_id = s.study_id ")
+_STUDY_ROWS = sa.text(_STUDY_COLUMNS + "WHERE s.study_id = :id")
+_ALL_STUDY_ROWS = sa.text(_STUDY_COLUMNS + "ORDER BY s.study_id")
 
 
 def _direction_of(stored: Any) -> StudyDirection:
     if stored is None:
         return StudyDirection.NOT_SET
     return stored if isinstance(stored, StudyDirection) else StudyDirection[str(stored)]
+
+
+def _views(rows: list[Any], who: Principal) -> list[StudyView | None]:
+    """A view (without trial counts) per study in ``rows``, None where ``who`` may not read
+    it; only the attributes of readable studies are decoded."""
+    by_study: dict[int, list[Any]] = defaultdict(list)
+    for row in rows:
+        by_study[row.study_id].append(row)
+    out: list[StudyView | None] = []
+    for study_id, of_study in by_study.items():
+        raw = {row.key: row.value_json for row in of_study if row.key is not None}
+        team = raw.get(ATTR_TEAM)
+        if ATTR_SPEC not in raw or team is None or json.loads(team) != who.team:
+            out.append(None)
+            continue
+        attrs = {key: json.loads(value) for key, value in raw.items()}
+        first = of_study[0]
+        out.append(StudyView(study_id, first.study_name, attrs, TrialCounts(),
+                             _direction_of(first.direction)))
+    return out
 
 
 def get_study(storage: RDBStorage, study_id: int, who: Principal) -> StudyView:
@@ -141,14 +152,23 @@ def get_study(storage: RDBStorage, study_id: int, who: Principal) -> StudyView:
     one connection.
     """
     with storage.engine.connect() as conn:
-        rows = conn.execute(_STUDY_ROWS, {"id": study_id}).all()
-        if not rows:
+        views = _views(conn.execute(_STUDY_ROWS, {"id": study_id}).all(), who)
+        if not views or views[0] is None:
             raise not_found(f"study {study_id}")
-        attrs = {key: json.loads(value) for _, _, key, value in rows if key is not None}
-        if not _visible(attrs, who):
-            raise not_found(f"study {study_id}")
-        counts = trial_counts(storage, [study_id], conn=conn).get(study_id, TrialCounts())
-    return StudyView(study_id, rows[0][0], attrs, counts, _direction_of(rows[0][1]))
+        view = views[0]
+        view.counts = trial_counts(storage, [study_id], conn=conn).get(study_id, TrialCounts())
+    return view
+
+
+def list_studies(storage: RDBStorage, who: Principal) -> list[StudyView]:
+    """The studies ``who`` may read, in the order they were created."""
+    with storage.engine.connect() as conn:
+        rows = conn.execute(_ALL_STUDY_ROWS).all()
+        found = [view for view in _views(rows, who) if view is not None]
+        counts = trial_counts(storage, [v.id for v in found], conn=conn)
+    for view in found:
+        view.counts = counts.get(view.id, TrialCounts())
+    return found
 
 
 def _writable(view: StudyView, who: Principal) -> None:
@@ -206,9 +226,11 @@ def retried_numbers(trials: list[FrozenTrial]) -> dict[int, int]:
 
 # The user attributes ``trial_dict`` reads without ``detail``: a page of trials loads only these
 # (not the confusion matrices, which grow with the square of the classes).
+METRIC_ATTRS = tuple(f"{split}_{k}" for split in ("val", "test") for k in METRIC_KEYS)
+PER_CLASS_ATTRS = {split: f"{split}_per_class_accuracy" for split in ("val", "test")}
 LIST_ATTRS = frozenset({
-    ATTR_FAIL_REASON, ATTR_WORKER, "device", "loss_params", "baseline",
-    *(f"{split}_{k}" for split in ("val", "test") for k in (*METRIC_KEYS, "per_class_accuracy")),
+    ATTR_FAIL_REASON, ATTR_WORKER, "device", "loss_params", "baseline", *METRIC_ATTRS,
+    *PER_CLASS_ATTRS.values(),
 })
 
 
@@ -231,11 +253,9 @@ def trial_dict(t: FrozenTrial, retried_by: dict[int, int] | None = None,
         "loss": t.params.get("loss"),
         "loss_params": attrs.get("loss_params"),
         "baseline": bool(attrs.get("baseline", False)),
-        "metrics": {f"{split}_{k}": _clean(attrs.get(f"{split}_{k}"))
-                    for split in ("val", "test") for k in METRIC_KEYS if f"{split}_{k}" in attrs},
-        "per_class_accuracy": {split: attrs.get(f"{split}_per_class_accuracy")
-                               for split in ("val", "test")
-                               if f"{split}_per_class_accuracy" in attrs},
+        "metrics": {key: _clean(attrs[key]) for key in METRIC_ATTRS if key in attrs},
+        "per_class_accuracy": {split: attrs[key] for split, key in PER_CLASS_ATTRS.items()
+                               if key in attrs},
         "duration_s": duration,
         "datetime_start": t.datetime_start.isoformat() if t.datetime_start else None,
         "worker": attrs.get(ATTR_WORKER),
@@ -331,7 +351,8 @@ def best_trial(storage: RDBStorage, view: StudyView) -> FrozenTrial | None:
         return None
     with storage.engine.connect() as conn:
         best = best_of(storage, view, conn=conn)
-        found = [] if best is None else load_trials(storage, [best.trial_id], conn=conn)
+        found = [] if best is None else load_trials(
+            storage, [best.trial_id], cache=finished_trials(storage, "whole"), conn=conn)
     return found[0] if found else None  # none, or deleted in between
 
 
@@ -362,14 +383,16 @@ def _local(utc: dt.datetime | None) -> dt.datetime | None:
 
 
 def load_trials(storage: RDBStorage, trial_ids: list[int], *, steps: bool = True,
-                user_keys: Collection[str] | None = None,
+                user_keys: Collection[str] | None = None, cache: FinishedTrials | None = None,
                 conn: sa.Connection | None = None) -> list[FrozenTrial]:
     """These trials, in trial order, as Optuna's storage builds them (a test holds them equal).
 
     Read column by column, six queries on one connection: Optuna's own loader makes an ORM
     object of every attribute row, about 2 ms per trial with a worker's metrics, which is what
     made a page of 50 trials cost 100 ms. For a page of trials, ``steps=False`` leaves the
-    epoch values out and ``user_keys`` names the only user attributes to read.
+    epoch values out and ``user_keys`` names the only user attributes to read. Finished trials
+    found in ``cache`` (which must hold trials loaded with the same ``steps`` and
+    ``user_keys``) cost only their row; those loaded here are added to it.
     """
     if not trial_ids:
         return []
@@ -378,9 +401,16 @@ def load_trials(storage: RDBStorage, trial_ids: list[int], *, steps: bool = True
     children: dict[str, dict[int, list[Any]]] = {}
     with connected(storage, conn) as db:
         heads = db.execute(sa.select(
-            m.TrialModel.trial_id, m.TrialModel.number, m.TrialModel.state,
+            m.TrialModel.trial_id, m.TrialModel.study_id, m.TrialModel.number, m.TrialModel.state,
             m.TrialModel._datetime_start_utc, m.TrialModel._datetime_complete_utc,
         ).where(m.TrialModel.trial_id.in_(ids)).order_by(m.TrialModel.trial_id)).all()
+        known: dict[int, FrozenTrial] = {}
+        if cache is not None:
+            for head in heads:
+                trial = cache.get(tuple(head)) if head.state.is_finished() else None
+                if trial is not None:
+                    known[head.trial_id] = trial
+        missing = [head.trial_id for head in heads if head.trial_id not in known]
         tables = {
             "values": (m.TrialValueModel, ("objective", "value", "value_type"), "trial_value_id"),
             "params": (m.TrialParamModel, ("param_name", "param_value", "distribution_json"), "param_id"),
@@ -391,16 +421,23 @@ def load_trials(storage: RDBStorage, trial_ids: list[int], *, steps: bool = True
             tables["steps"] = (m.TrialIntermediateValueModel,
                                ("step", "intermediate_value", "intermediate_value_type"),
                                "trial_intermediate_value_id")
-        for name, (model, columns, order) in tables.items():
+        for name, (model, columns, order) in tables.items() if missing else ():
             grouped = children[name] = defaultdict(list)
             query = sa.select(model.trial_id, *(getattr(model, c) for c in columns)) \
-                .where(model.trial_id.in_(ids)).order_by(getattr(model, order))
+                .where(model.trial_id.in_(missing)).order_by(getattr(model, order))
             if name == "user" and user_keys is not None:
                 query = query.where(model.key.in_(sorted(user_keys)))
             for row in db.execute(query).all():
                 grouped[row[0]].append(row[1:])
-    return [_frozen(head, {name: rows.get(head.trial_id, []) for name, rows in children.items()})
-            for head in heads]
+    out = []
+    for head in heads:
+        trial = known.get(head.trial_id)
+        if trial is None:
+            trial = _frozen(head, {name: rows.get(head.trial_id, []) for name, rows in children.items()})
+            if cache is not None and head.state.is_finished():
+                cache.put(tuple(head), trial)
+        out.append(trial)
+    return out
 
 
 def _frozen(head: Any, rows: dict[str, list[Any]]) -> FrozenTrial:
@@ -450,7 +487,8 @@ def trial_page(storage: RDBStorage, view: StudyView, state: TrialState | None, l
             matching = [i for i in every if i in of_loss]
             total, ids = len(matching), matching[offset:offset + limit]
         retried = _retried(conn, view.id)
-        page = load_trials(storage, list(ids), steps=False, user_keys=LIST_ATTRS, conn=conn)
+        page = load_trials(storage, list(ids), steps=False, user_keys=LIST_ATTRS,
+                           cache=finished_trials(storage, "page"), conn=conn)
     return total, page, retried
 
 
@@ -462,7 +500,7 @@ def trial_by_number(storage: RDBStorage, view: StudyView,
         if trial_id is None:
             raise not_found(f"trial {number} of study {view.id}")
         retried = _retried(conn, view.id)
-        found = load_trials(storage, [trial_id], conn=conn)
+        found = load_trials(storage, [trial_id], cache=finished_trials(storage, "whole"), conn=conn)
     if not found:  # deleted in between
         raise not_found(f"trial {number} of study {view.id}")
     return found[0], retried

@@ -177,3 +177,39 @@ def test_the_study_list_names_each_studys_own_best_trial(client, storage_url) ->
     assert listed["low"]["params"] == {"loss": "weighted_ce", "weighted_ce.power": 0.1}
     for name in ("high", "low"):
         assert listed[name] == client.get(f"/api/v1/studies/{ids[name]}").json()["best_trial"]
+
+
+def test_a_trial_is_read_again_until_it_finishes(client, storage_url) -> None:
+    """Finished trials are answered from the API's memory: one read while running must not
+    stand in for the finished trial, on a page or alone."""
+    sid = client.post("/api/v1/studies", json=tiny_spec(n_trials=2)).json()["id"]
+    study = optuna.load_study(study_name="tiny", storage=make_storage(storage_url))
+    t = study.ask()
+    study._storage.set_trial_param(t._trial_id, "loss", LOSS.to_internal_repr("ce"), LOSS)
+    page = client.get(f"/api/v1/studies/{sid}/trials").json()["items"]
+    assert page[0]["state"] == "running" and page[0]["metrics"] == {}
+    assert client.get(f"/api/v1/studies/{sid}/trials/0").json()["intermediate_values"] == {}
+    t.set_user_attr("val_balanced_accuracy", 0.75)
+    t.report(0.5, 0)
+    study.tell(t, 0.75)
+    for _ in range(2):  # the second read comes from memory
+        done = client.get(f"/api/v1/studies/{sid}/trials").json()["items"][0]
+        assert done["state"] == "complete" and done["value"] == 0.75
+        assert done["metrics"] == {"val_balanced_accuracy": 0.75}
+        whole = client.get(f"/api/v1/studies/{sid}/trials/0").json()
+        assert whole["value"] == 0.75 and whole["intermediate_values"] == {"0": 0.5}
+        assert client.get(f"/api/v1/studies/{sid}/best").json()["number"] == 0
+
+
+def test_a_deleted_studys_trials_never_answer_for_a_new_one(client, storage_url) -> None:
+    """SQLite may give a new study the ids of a deleted one's study and trials; what the API
+    remembers of the old trials must not be shown as the new ones."""
+    storage = make_storage(storage_url)
+    seen = []
+    for value in (0.25, 0.5):
+        sid = client.post("/api/v1/studies", json=tiny_spec(n_trials=1)).json()["id"]
+        _finish(optuna.load_study(study_name="tiny", storage=storage), "ce", value)
+        items = client.get(f"/api/v1/studies/{sid}/trials").json()["items"]
+        seen.append((sid, items[0]["value"], client.get(f"/api/v1/studies/{sid}/best").json()["value"]))
+        assert client.delete(f"/api/v1/studies/{sid}").status_code == 204
+    assert [(v, b) for _, v, b in seen] == [(0.25, 0.25), (0.5, 0.5)]
