@@ -41,7 +41,7 @@ from search_spaces.store import (
     trial_counts,
 )
 from service.errors import ApiError, conflict, not_found
-from service.trial_cache import FinishedTrials, finished_trials
+from service.read_cache import LRU, remembered
 
 
 @dataclass(frozen=True)
@@ -236,13 +236,22 @@ LIST_ATTRS = frozenset({
 
 def trial_dict(t: FrozenTrial, retried_by: dict[int, int] | None = None,
                detail: bool = False) -> dict[str, Any]:
+    return with_retry(_trial_item(t, detail), retried_by or {})
+
+
+def with_retry(item: dict[str, Any], retried_by: dict[int, int]) -> dict[str, Any]:
+    """``item`` with "retried as" added to its fail reason where a later trial retried it:
+    the one part of a finished trial's item that other trials change."""
+    retried_as = retried_by.get(item["number"])
+    if item["state"] != "fail" or retried_as is None:
+        return item
+    return {**item, "fail_reason": f"{item['fail_reason']}; retried as trial {retried_as}"}
+
+
+def _trial_item(t: FrozenTrial, detail: bool) -> dict[str, Any]:
     attrs = t.user_attrs
-    reason = attrs.get(ATTR_FAIL_REASON)
-    retried_as = (retried_by or {}).get(t.number)
-    if t.state == TrialState.FAIL and not reason:
-        reason = "its worker stopped sending heartbeats (killed or cut off from the store)"
-    if t.state == TrialState.FAIL and retried_as is not None:
-        reason = f"{reason}; retried as trial {retried_as}"
+    reason = attrs.get(ATTR_FAIL_REASON) or \
+        "its worker stopped sending heartbeats (killed or cut off from the store)"
     duration = (t.datetime_complete - t.datetime_start).total_seconds() \
         if t.datetime_complete and t.datetime_start else None
     out: dict[str, Any] = {
@@ -314,15 +323,25 @@ def best_of_each(storage: RDBStorage, views: list[StudyView], *,
                  conn: sa.Connection | None = None) -> dict[int, BestTrial]:
     """Study id -> number, value and parameters of its best trial, for the studies that have
     a completed trial: one query per direction and one for the parameters, on one connection
-    (a list of 200 studies is not 400 round trips)."""
+    (a list of 200 studies is not 400 round trips), for the studies not remembered since their
+    last completed trial."""
+    cache: LRU[BestTrial] = remembered(storage, "best")
+    out: dict[int, BestTrial] = {}
+    keys: dict[int, tuple[Any, ...]] = {}
     by_direction: dict[StudyDirection, list[int]] = defaultdict(list)
     for view in views:
         if view.counts.complete:
+            keys[view.id] = (view.id, view.name, view.user_attrs.get(ATTR_CREATED),
+                             view.counts.complete)
+            known = cache.get(keys[view.id])
+            if known is not None:
+                out[view.id] = known
+                continue
             direction = view.direction if view.direction == StudyDirection.MAXIMIZE \
                 else StudyDirection.MINIMIZE
             by_direction[direction].append(view.id)
     if not by_direction:
-        return {}
+        return out
     params: dict[int, dict[str, Any]] = defaultdict(dict)
     with connected(storage, conn) as db:
         rows = [row for direction, ids in by_direction.items()
@@ -331,11 +350,12 @@ def best_of_each(storage: RDBStorage, views: list[StudyView], *,
             for trial_id, name, value, dist in db.execute(
                     _PARAMS_OF, {"ids": [row.trial_id for row in rows]}):
                 params[trial_id][name] = _distribution(dist).to_external_repr(value)
-    out = {}
     for row in rows:
         kind = getattr(row.value_type, "name", str(row.value_type))
         out[row.study_id] = BestTrial(row.trial_id, row.number, _STORED_INF.get(kind, row.value),
                                       params[row.trial_id])
+        # Counted before this query ran, so the best found includes at least those trials.
+        cache.put(keys[row.study_id], out[row.study_id])
     return out
 
 
@@ -352,7 +372,7 @@ def best_trial(storage: RDBStorage, view: StudyView) -> FrozenTrial | None:
     with storage.engine.connect() as conn:
         best = best_of(storage, view, conn=conn)
         found = [] if best is None else load_trials(
-            storage, [best.trial_id], cache=finished_trials(storage, "whole"), conn=conn)
+            storage, [best.trial_id], cache=remembered(storage, "whole"), conn=conn)
     return found[0] if found else None  # none, or deleted in between
 
 
@@ -383,7 +403,7 @@ def _local(utc: dt.datetime | None) -> dt.datetime | None:
 
 
 def load_trials(storage: RDBStorage, trial_ids: list[int], *, steps: bool = True,
-                user_keys: Collection[str] | None = None, cache: FinishedTrials | None = None,
+                user_keys: Collection[str] | None = None, cache: LRU[FrozenTrial] | None = None,
                 conn: sa.Connection | None = None) -> list[FrozenTrial]:
     """These trials, in trial order, as Optuna's storage builds them (a test holds them equal).
 
@@ -400,10 +420,7 @@ def load_trials(storage: RDBStorage, trial_ids: list[int], *, steps: bool = True
     ids = list(trial_ids)
     children: dict[str, dict[int, list[Any]]] = {}
     with connected(storage, conn) as db:
-        heads = db.execute(sa.select(
-            m.TrialModel.trial_id, m.TrialModel.study_id, m.TrialModel.number, m.TrialModel.state,
-            m.TrialModel._datetime_start_utc, m.TrialModel._datetime_complete_utc,
-        ).where(m.TrialModel.trial_id.in_(ids)).order_by(m.TrialModel.trial_id)).all()
+        heads = _heads(db, ids)
         known: dict[int, FrozenTrial] = {}
         if cache is not None:
             for head in heads:
@@ -440,6 +457,21 @@ def load_trials(storage: RDBStorage, trial_ids: list[int], *, steps: bool = True
     return out
 
 
+def _head_rows() -> sa.Select[Any]:
+    """The columns of Optuna's ``trials`` table that identify a trial and its state."""
+    m = optuna_models.TrialModel
+    return sa.select(m.trial_id, m.study_id, m.number, m.state, m._datetime_start_utc,
+                     m._datetime_complete_utc)
+
+
+def _heads(db: sa.Connection, trial_ids: list[int]) -> list[Any]:
+    """The rows of these trials, in trial order."""
+    if not trial_ids:
+        return []
+    m = optuna_models.TrialModel
+    return db.execute(_head_rows().where(m.trial_id.in_(trial_ids)).order_by(m.trial_id)).all()
+
+
 def _frozen(head: Any, rows: dict[str, list[Any]]) -> FrozenTrial:
     m = optuna_models
     values: list[float] | None = None
@@ -463,33 +495,51 @@ def _frozen(head: Any, rows: dict[str, list[Any]]) -> FrozenTrial:
 
 
 def trial_page(storage: RDBStorage, view: StudyView, state: TrialState | None, loss: str | None,
-               offset: int, limit: int) -> tuple[int, list[FrozenTrial], dict[int, int]]:
-    """(trials matching, the page of them in trial order, ``retried_numbers`` of the study).
+               offset: int, limit: int) -> tuple[int, list[dict[str, Any]]]:
+    """(trials matching, the page of them in trial order as ``trial_dict`` gives them).
 
-    Only the page's trials are loaded whole; Optuna's ``get_all_trials`` would read every
-    trial with every attribute, seconds at a few thousand trials.
+    Only the page's trials are loaded; Optuna's ``get_all_trials`` would read every trial with
+    every attribute, seconds at a few thousand trials.
     """
-    where = "WHERE study_id = :id"
-    if state is not None:
-        where += f" AND state = '{state.name}'"  # a TrialState name, never user text
-    args = {"id": view.id}
+    m = optuna_models.TrialModel
+    where = [m.study_id == view.id, *([m.state == state] if state is not None else [])]
     with storage.engine.connect() as conn:
         if loss is None:
-            total = conn.execute(sa.text(f"SELECT COUNT(*) FROM trials {where}"), args).scalar_one()
-            ids = conn.execute(sa.text(f"SELECT trial_id FROM trials {where} ORDER BY trial_id "
-                                       "LIMIT :limit OFFSET :offset"),
-                               {**args, "limit": limit, "offset": offset}).scalars().all()
+            total = conn.execute(sa.select(sa.func.count()).select_from(m).where(*where)).scalar_one()
+            heads = conn.execute(_head_rows().where(*where).order_by(m.trial_id)
+                                 .limit(limit).offset(offset)).all()
         else:
-            of_loss = {trial_id for trial_id, value, dist in conn.execute(_LOSS_PARAMS, args)
+            of_loss = {trial_id for trial_id, value, dist in conn.execute(_LOSS_PARAMS, {"id": view.id})
                        if _distribution(dist).to_external_repr(value) == loss}
-            every = conn.execute(sa.text(f"SELECT trial_id FROM trials {where} ORDER BY trial_id"),
-                                 args).scalars().all()
+            every = conn.execute(sa.select(m.trial_id).where(*where).order_by(m.trial_id)).scalars()
             matching = [i for i in every if i in of_loss]
-            total, ids = len(matching), matching[offset:offset + limit]
+            total, heads = len(matching), _heads(conn, matching[offset:offset + limit])
         retried = _retried(conn, view.id)
-        page = load_trials(storage, list(ids), steps=False, user_keys=LIST_ATTRS,
-                           cache=finished_trials(storage, "page"), conn=conn)
-    return total, page, retried
+        items = _page_items(storage, conn, heads)
+    return total, [with_retry(item, retried) for item in items]
+
+
+def _page_items(storage: RDBStorage, conn: sa.Connection, heads: list[Any]) -> list[dict[str, Any]]:
+    """The trials of these rows as a page shows them (without "retried as"), in trial order:
+    finished trials this process has shown before from memory (see ``read_cache``), the
+    others loaded."""
+    cache: LRU[dict[str, Any]] = remembered(storage, "page")
+    items = {head.trial_id: cache.get(tuple(head)) for head in heads if head.state.is_finished()}
+    missing = [head.trial_id for head in heads if items.get(head.trial_id) is None]
+    loaded = {t._trial_id: t for t in load_trials(storage, missing, steps=False,
+                                                  user_keys=LIST_ATTRS, conn=conn)}
+    out = []
+    for head in heads:
+        item = items.get(head.trial_id)
+        if item is None:
+            trial = loaded.get(head.trial_id)
+            if trial is None:  # deleted in between
+                continue
+            item = _trial_item(trial, detail=False)
+            if head.state.is_finished() and trial.state == head.state:
+                cache.put(tuple(head), item)
+        out.append(item)
+    return out
 
 
 def trial_by_number(storage: RDBStorage, view: StudyView,
@@ -500,7 +550,7 @@ def trial_by_number(storage: RDBStorage, view: StudyView,
         if trial_id is None:
             raise not_found(f"trial {number} of study {view.id}")
         retried = _retried(conn, view.id)
-        found = load_trials(storage, [trial_id], cache=finished_trials(storage, "whole"), conn=conn)
+        found = load_trials(storage, [trial_id], cache=remembered(storage, "whole"), conn=conn)
     if not found:  # deleted in between
         raise not_found(f"trial {number} of study {view.id}")
     return found[0], retried

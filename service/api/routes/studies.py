@@ -88,10 +88,9 @@ def list_trials(
     offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> dict[str, Any]:
-    total, page, retried = svc.trial_page(storage, view, TrialState[state.upper()] if state else None,
-                                          loss, offset, limit)
-    return {"total": total, "offset": offset, "limit": limit,
-            "items": [svc.trial_dict(t, retried) for t in page]}
+    total, items = svc.trial_page(storage, view, TrialState[state.upper()] if state else None,
+                                  loss, offset, limit)
+    return {"total": total, "offset": offset, "limit": limit, "items": items}
 
 
 CSV_COLUMNS = ["number", "state", "value", "loss", "params", "duration_s", "worker", "fail_reason"]
