@@ -190,8 +190,15 @@ def _wait(client: httpx.Client, study_id: int) -> int:
         time.sleep(2)
 
 
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     """Everything on one machine: API + dashboard + one worker on the SQLite store."""
+    # SIGTERM (``docker stop``, systemd, ``kill``) stops the API and the worker as Ctrl-C does,
+    # instead of ending this process alone and leaving them running.
+    signal.signal(signal.SIGTERM, _interrupt)
     storage = args.storage or _storage_default()
     env = {**os.environ, "TAILTUNE_DATABASE_URL": storage}
     api = f"http://127.0.0.1:{args.port}"

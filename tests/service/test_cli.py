@@ -66,6 +66,8 @@ def test_up_serves_runs_the_example_and_stops_on_ctrl_c(tmp_path) -> None:
     """The README's first command: API + dashboard + a worker + the example study."""
     import signal
 
+    import psutil
+
     from tests.conftest import free_port, tailtune, wait_until
 
     port = free_port()
@@ -83,9 +85,40 @@ def test_up_serves_runs_the_example_and_stops_on_ctrl_c(tmp_path) -> None:
 
         wait_until(a_trial_done, 240, "the example study to complete a trial")
         assert httpx.get(f"{api}/dashboard", timeout=10).status_code == 200
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(children) >= 2  # the API and the worker
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=120) == 0
     finally:
         proc.kill()
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{api}/healthz", timeout=2)
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.mark.slow
+def test_up_stopped_with_sigterm_stops_the_api_and_the_worker(tmp_path) -> None:
+    """``docker stop`` or systemd end ``tailtune up`` with SIGTERM: nothing may stay behind."""
+    import signal
+
+    import psutil
+
+    from tests.conftest import free_port, tailtune, wait_until
+
+    port = free_port()
+    log = tmp_path / "up.log"
+    proc = tailtune("up", "--port", str(port), "--device", "cpu", log=log,
+                    env={"TAILTUNE_DATABASE_URL": f"sqlite:///{tmp_path / 'up.db'}",
+                         "TAILTUNE_ARTIFACTS_DIR": str(tmp_path / "artifacts")})
+    try:
+        wait_until(lambda: "tailtune is up" in log.read_text(), 120, "`tailtune up` to report")
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(children) >= 2  # the API and the worker
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        proc.kill()
+    left = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    for c in left:
+        c.kill()
+    assert not left
