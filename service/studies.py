@@ -66,12 +66,9 @@ def create_study(storage: RDBStorage, spec: StudySpec, who: Principal) -> int:
     except optuna.exceptions.DuplicatedStudyError:
         raise conflict(f"a study named {spec.name!r} already exists; choose another name") from None
     try:
-        study = optuna.load_study(study_name=spec.name, storage=storage)
         baselines = baseline_params(spec) if spec.baselines else []
-        for params in baselines:
-            study.enqueue_trial(params, user_attrs={"baseline": True})
-        for _ in range(spec.budget.n_trials - len(baselines)):
-            study.enqueue_trial({})
+        _queue(storage, study_id, [(params, {"baseline": True}) for params in baselines]
+               + [({}, {})] * (spec.budget.n_trials - len(baselines)))
         storage.set_study_user_attr(study_id, ATTR_OWNER, who.user)
         storage.set_study_user_attr(study_id, ATTR_TEAM, who.team)
         storage.set_study_user_attr(study_id, ATTR_CREATED, dt.datetime.now(dt.UTC).isoformat())
@@ -80,6 +77,41 @@ def create_study(storage: RDBStorage, spec: StudySpec, who: Principal) -> int:
         storage.delete_study(study_id)
         raise
     return study_id
+
+
+def _queue(storage: RDBStorage, study_id: int, trials: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
+    """Queue one trial per (fixed parameters, user attributes), in order, in one transaction.
+
+    The rows are those ``Study.enqueue_trial`` writes (a ``WAITING`` trial numbered in order,
+    its ``fixed_params`` system attribute, its user attributes; a test holds them equal), in
+    three statements instead of a transaction of about ten statements per trial: a 2,000-trial
+    study took 24 s to submit. Numbering the trials here is safe because nothing else adds
+    trials to a study before its spec is written.
+    """
+    if not trials:
+        return
+    m = optuna_models
+    with storage.engine.begin() as conn:
+        conn.execute(sa.insert(m.TrialModel.__table__), [
+            {"study_id": study_id, "number": number, "state": TrialState.WAITING,
+             "datetime_start": None, "datetime_complete": None}
+            for number in range(len(trials))])
+        trial_ids = dict(conn.execute(sa.select(m.TrialModel.number, m.TrialModel.trial_id)
+                                      .where(m.TrialModel.study_id == study_id)).all())
+        system_rows, user_rows = _attribute_rows(trial_ids, trials)
+        conn.execute(sa.insert(m.TrialSystemAttributeModel.__table__), system_rows)
+        if user_rows:
+            conn.execute(sa.insert(m.TrialUserAttributeModel.__table__), user_rows)
+
+
+def _attribute_rows(trial_ids: dict[int, int], trials: list[tuple[dict[str, Any], dict[str, Any]]],
+                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The system and user attribute rows of the queued ``trials`` (by number)."""
+    system = [{"trial_id": trial_ids[n], "key": "fixed_params", "value_json": json.dumps(params)}
+              for n, (params, _) in enumerate(trials)]
+    user = [{"trial_id": trial_ids[n], "key": key, "value_json": json.dumps(value)}
+            for n, (_, attrs) in enumerate(trials) for key, value in attrs.items()]
+    return system, user
 
 
 @dataclass

@@ -139,24 +139,54 @@ def test_duplicate_name_is_409_and_keeps_the_first(client, storage_url) -> None:
     assert client.get(f"/api/v1/studies/{first}").json()["n_trials"] == 2
 
 
-def test_a_failure_midway_leaves_nothing_half_created(client, storage_url, monkeypatch) -> None:
+@pytest.mark.parametrize("where", ["while queueing the trials", "while writing the spec"])
+def test_a_failure_midway_leaves_nothing_half_created(client, storage_url, monkeypatch,
+                                                      where) -> None:
+    from search_spaces import parse_spec
+    from search_spaces.store import ATTR_SPEC
     from service import studies
 
     before = row_counts(storage_url)
-    calls = {"n": 0}
-    real = optuna.Study.enqueue_trial
+    storage = client.app.state.storage
 
-    def flaky(self, *a, **kw):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("the store went away")
-        return real(self, *a, **kw)
+    def store_gone(*_args):
+        raise RuntimeError("the store went away")
 
-    monkeypatch.setattr(optuna.Study, "enqueue_trial", flaky)
+    if where == "while queueing the trials":  # after the trial rows, in the same transaction
+        monkeypatch.setattr(studies, "_attribute_rows", store_gone)
+    else:
+        real = storage.set_study_user_attr
+        monkeypatch.setattr(storage, "set_study_user_attr", lambda sid, key, value: (
+            store_gone() if key == ATTR_SPEC else real(sid, key, value)))
     with pytest.raises(RuntimeError):
-        studies.create_study(client.app.state.storage, __import__("search_spaces").parse_spec(
-            tiny_spec(n_trials=5)), studies.Principal("local", "local"))
+        studies.create_study(storage, parse_spec(tiny_spec(n_trials=5, baselines=True)),
+                             studies.Principal("local", "local"))
     assert row_counts(storage_url) == before
+
+
+def test_queued_trials_are_the_ones_optuna_enqueues(client, storage_url) -> None:
+    """Submission writes the queued trials itself, in bulk; they must be exactly what
+    ``Study.enqueue_trial`` would have written, which is what workers claim."""
+    from search_spaces import parse_spec
+    from search_spaces.optuna_space import baseline_params
+
+    spec = tiny_spec(n_trials=5, baselines=True)
+    client.post("/api/v1/studies", json=spec)
+    storage = make_storage(storage_url)
+    ours = optuna.load_study(study_name="tiny", storage=storage).trials
+    reference = optuna.create_study(study_name="reference", storage=storage)
+    baselines = baseline_params(parse_spec(spec))
+    for params in baselines:
+        reference.enqueue_trial(params, user_attrs={"baseline": True})
+    for _ in range(5 - len(baselines)):
+        reference.enqueue_trial({})
+
+    def shown(t: optuna.trial.FrozenTrial) -> tuple:
+        return (t.number, t.state, t.params, t.distributions, t.user_attrs, t.system_attrs,
+                t.datetime_start, t.datetime_complete, t.values, t.intermediate_values)
+
+    assert len(baselines) == 2
+    assert [shown(t) for t in ours] == [shown(t) for t in reference.trials]
 
 
 def test_catalogue_routes(client) -> None:
