@@ -57,9 +57,6 @@ class LRU(Generic[V]):
             while len(self._items) > self.maxsize:
                 self._items.popitem(last=False)
 
-    def __len__(self) -> int:
-        return len(self._items)
-
 
 _by_storage: weakref.WeakKeyDictionary[RDBStorage, dict[Kind, LRU[Any]]] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()

@@ -12,9 +12,9 @@ import functools
 import json
 import math
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import optuna
 import sqlalchemy as sa
@@ -42,6 +42,8 @@ from search_spaces.store import (
 )
 from service.errors import ApiError, conflict, not_found
 from service.read_cache import LRU, remembered
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -403,8 +405,7 @@ def best_trial(storage: RDBStorage, view: StudyView) -> FrozenTrial | None:
         return None
     with storage.engine.connect() as conn:
         best = best_of(storage, view, conn=conn)
-        found = [] if best is None else load_trials(
-            storage, [best.trial_id], cache=remembered(storage, "whole"), conn=conn)
+        found = [] if best is None else _whole_trials(storage, conn, [best.trial_id])
     return found[0] if found else None  # none, or deleted in between
 
 
@@ -435,16 +436,14 @@ def _local(utc: dt.datetime | None) -> dt.datetime | None:
 
 
 def load_trials(storage: RDBStorage, trial_ids: list[int], *, steps: bool = True,
-                user_keys: Collection[str] | None = None, cache: LRU[FrozenTrial] | None = None,
+                user_keys: Collection[str] | None = None,
                 conn: sa.Connection | None = None) -> list[FrozenTrial]:
     """These trials, in trial order, as Optuna's storage builds them (a test holds them equal).
 
     Read column by column, six queries on one connection: Optuna's own loader makes an ORM
     object of every attribute row, about 2 ms per trial with a worker's metrics, which is what
     made a page of 50 trials cost 100 ms. For a page of trials, ``steps=False`` leaves the
-    epoch values out and ``user_keys`` names the only user attributes to read. Finished trials
-    found in ``cache`` (which must hold trials loaded with the same ``steps`` and
-    ``user_keys``) cost only their row; those loaded here are added to it.
+    epoch values out and ``user_keys`` names the only user attributes to read.
     """
     if not trial_ids:
         return []
@@ -453,13 +452,6 @@ def load_trials(storage: RDBStorage, trial_ids: list[int], *, steps: bool = True
     children: dict[str, dict[int, list[Any]]] = {}
     with connected(storage, conn) as db:
         heads = _heads(db, ids)
-        known: dict[int, FrozenTrial] = {}
-        if cache is not None:
-            for head in heads:
-                trial = cache.get(tuple(head)) if head.state.is_finished() else None
-                if trial is not None:
-                    known[head.trial_id] = trial
-        missing = [head.trial_id for head in heads if head.trial_id not in known]
         tables = {
             "values": (m.TrialValueModel, ("objective", "value", "value_type"), "trial_value_id"),
             "params": (m.TrialParamModel, ("param_name", "param_value", "distribution_json"), "param_id"),
@@ -470,23 +462,45 @@ def load_trials(storage: RDBStorage, trial_ids: list[int], *, steps: bool = True
             tables["steps"] = (m.TrialIntermediateValueModel,
                                ("step", "intermediate_value", "intermediate_value_type"),
                                "trial_intermediate_value_id")
-        for name, (model, columns, order) in tables.items() if missing else ():
+        for name, (model, columns, order) in tables.items():
             grouped = children[name] = defaultdict(list)
             query = sa.select(model.trial_id, *(getattr(model, c) for c in columns)) \
-                .where(model.trial_id.in_(missing)).order_by(getattr(model, order))
+                .where(model.trial_id.in_(ids)).order_by(getattr(model, order))
             if name == "user" and user_keys is not None:
                 query = query.where(model.key.in_(sorted(user_keys)))
             for row in db.execute(query).all():
                 grouped[row[0]].append(row[1:])
+    return [_frozen(head, {name: rows.get(head.trial_id, []) for name, rows in children.items()})
+            for head in heads]
+
+
+def _remembered_or_loaded(cache: LRU[T], heads: list[Any],
+                          load: Callable[[list[int]], list[FrozenTrial]],
+                          shown: Callable[[FrozenTrial], T]) -> list[T]:
+    """What ``shown`` makes of the trial of each row in ``heads``, in trial order: finished
+    trials from ``cache`` (see ``read_cache``), the others loaded with ``load`` and, once
+    finished, remembered. A trial deleted in between is left out."""
+    known = {head.trial_id: cache.get(tuple(head)) for head in heads if head.state.is_finished()}
+    missing = [head.trial_id for head in heads if known.get(head.trial_id) is None]
+    loaded = {t._trial_id: t for t in load(missing)} if missing else {}
     out = []
     for head in heads:
-        trial = known.get(head.trial_id)
-        if trial is None:
-            trial = _frozen(head, {name: rows.get(head.trial_id, []) for name, rows in children.items()})
-            if cache is not None and head.state.is_finished():
-                cache.put(tuple(head), trial)
-        out.append(trial)
+        value = known.get(head.trial_id)
+        if value is None:
+            trial = loaded.get(head.trial_id)
+            if trial is None:
+                continue
+            value = shown(trial)
+            if head.state.is_finished() and trial.state == head.state:
+                cache.put(tuple(head), value)
+        out.append(value)
     return out
+
+
+def _whole_trials(storage: RDBStorage, conn: sa.Connection, trial_ids: list[int]) -> list[FrozenTrial]:
+    """``load_trials`` of these trials, finished ones remembered."""
+    return _remembered_or_loaded(remembered(storage, "whole"), _heads(conn, trial_ids),
+                                 lambda ids: load_trials(storage, ids, conn=conn), lambda t: t)
 
 
 def _head_rows() -> sa.Select[Any]:
@@ -552,26 +566,11 @@ def trial_page(storage: RDBStorage, view: StudyView, state: TrialState | None, l
 
 
 def _page_items(storage: RDBStorage, conn: sa.Connection, heads: list[Any]) -> list[dict[str, Any]]:
-    """The trials of these rows as a page shows them (without "retried as"), in trial order:
-    finished trials this process has shown before from memory (see ``read_cache``), the
-    others loaded."""
-    cache: LRU[dict[str, Any]] = remembered(storage, "page")
-    items = {head.trial_id: cache.get(tuple(head)) for head in heads if head.state.is_finished()}
-    missing = [head.trial_id for head in heads if items.get(head.trial_id) is None]
-    loaded = {t._trial_id: t for t in load_trials(storage, missing, steps=False,
-                                                  user_keys=LIST_ATTRS, conn=conn)}
-    out = []
-    for head in heads:
-        item = items.get(head.trial_id)
-        if item is None:
-            trial = loaded.get(head.trial_id)
-            if trial is None:  # deleted in between
-                continue
-            item = _trial_item(trial, detail=False)
-            if head.state.is_finished() and trial.state == head.state:
-                cache.put(tuple(head), item)
-        out.append(item)
-    return out
+    """The trials of these rows as a page shows them (without "retried as"), in trial order."""
+    return _remembered_or_loaded(
+        remembered(storage, "page"), heads,
+        lambda ids: load_trials(storage, ids, steps=False, user_keys=LIST_ATTRS, conn=conn),
+        lambda t: _trial_item(t, detail=False))
 
 
 def trial_by_number(storage: RDBStorage, view: StudyView,
@@ -582,7 +581,7 @@ def trial_by_number(storage: RDBStorage, view: StudyView,
         if trial_id is None:
             raise not_found(f"trial {number} of study {view.id}")
         retried = _retried(conn, view.id)
-        found = load_trials(storage, [trial_id], cache=remembered(storage, "whole"), conn=conn)
+        found = _whole_trials(storage, conn, [trial_id])
     if not found:  # deleted in between
         raise not_found(f"trial {number} of study {view.id}")
     return found[0], retried

@@ -61,6 +61,24 @@ def test_token_command_prints_a_usable_token(sqlite_url, make_client) -> None:
     assert client.get("/api/v1/studies", headers={"Authorization": f"Bearer {token}"}).status_code == 200
 
 
+def _start_up(tmp_path):
+    """``tailtune up`` on a free port and its own SQLite file; (process, API URL, log path)."""
+    from tests.conftest import free_port, tailtune
+
+    port = free_port()
+    log = tmp_path / "up.log"
+    proc = tailtune("up", "--port", str(port), "--device", "cpu", log=log,
+                    env={"TAILTUNE_DATABASE_URL": f"sqlite:///{tmp_path / 'up.db'}",
+                         "TAILTUNE_ARTIFACTS_DIR": str(tmp_path / "artifacts")})
+    return proc, f"http://127.0.0.1:{port}", log
+
+
+def _still_running(processes) -> list:
+    import psutil
+
+    return [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
 @pytest.mark.slow
 def test_up_serves_runs_the_example_and_stops_on_ctrl_c(tmp_path) -> None:
     """The README's first command: API + dashboard + a worker + the example study."""
@@ -68,14 +86,9 @@ def test_up_serves_runs_the_example_and_stops_on_ctrl_c(tmp_path) -> None:
 
     import psutil
 
-    from tests.conftest import free_port, tailtune, wait_until
+    from tests.conftest import wait_until
 
-    port = free_port()
-    log = tmp_path / "up.log"
-    proc = tailtune("up", "--port", str(port), "--device", "cpu", log=log,
-                    env={"TAILTUNE_DATABASE_URL": f"sqlite:///{tmp_path / 'up.db'}",
-                         "TAILTUNE_ARTIFACTS_DIR": str(tmp_path / "artifacts")})
-    api = f"http://127.0.0.1:{port}"
+    proc, api, log = _start_up(tmp_path)
     try:
         wait_until(lambda: "tailtune is up" in log.read_text(), 120, "`tailtune up` to report")
 
@@ -93,7 +106,7 @@ def test_up_serves_runs_the_example_and_stops_on_ctrl_c(tmp_path) -> None:
         proc.kill()
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{api}/healthz", timeout=2)
-    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert not _still_running(children)
 
 
 @pytest.mark.slow
@@ -103,13 +116,9 @@ def test_up_stopped_with_sigterm_stops_the_api_and_the_worker(tmp_path) -> None:
 
     import psutil
 
-    from tests.conftest import free_port, tailtune, wait_until
+    from tests.conftest import wait_until
 
-    port = free_port()
-    log = tmp_path / "up.log"
-    proc = tailtune("up", "--port", str(port), "--device", "cpu", log=log,
-                    env={"TAILTUNE_DATABASE_URL": f"sqlite:///{tmp_path / 'up.db'}",
-                         "TAILTUNE_ARTIFACTS_DIR": str(tmp_path / "artifacts")})
+    proc, _, log = _start_up(tmp_path)
     try:
         wait_until(lambda: "tailtune is up" in log.read_text(), 120, "`tailtune up` to report")
         children = psutil.Process(proc.pid).children(recursive=True)
@@ -118,7 +127,7 @@ def test_up_stopped_with_sigterm_stops_the_api_and_the_worker(tmp_path) -> None:
         assert proc.wait(timeout=120) == 0
     finally:
         proc.kill()
-    left = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    left = _still_running(children)
     for c in left:
         c.kill()
     assert not left
